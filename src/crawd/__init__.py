@@ -1,0 +1,12 @@
+"""crawd: Cross-Attention-based Weight Decay (Haque et al., EMNLP Findings 2025) for bias mitigation."""
+
+from crawd.adapted import AdaptedModel
+from crawd.block import CrossAttentionBlock, topk_decay
+from crawd.config import CrawdConfig
+from crawd.model import CrawdModel, adapt, wrap
+from crawd.sensitive import GROUPS
+from crawd.serialization import load
+
+__version__ = "0.1.0"
+__all__ = ["AdaptedModel", "CrawdConfig", "CrawdModel", "CrossAttentionBlock", "GROUPS", "adapt", "load",
+           "topk_decay", "wrap"]

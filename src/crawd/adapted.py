@@ -1,0 +1,246 @@
+"""AdaptedModel: a Hugging Face model with an optional LoRA adapter behind one small API.
+
+It is the ``vanilla`` method (plain fine-tuning with the paper's LoRA) and the base
+class of :class:`crawd.model.CrawdModel`, which changes only the head. Both share the
+forward pass, the cached generation loop and adapter-only saving, so a comparison
+between them differs in the method alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, PeftModel, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
+
+from crawd.config import CrawdConfig
+
+#: Model types whose classifiers pool the first token (the rest pool the last non-padding one).
+ENCODER_TYPES = frozenset(
+    {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "albert", "mpnet",
+     "camembert", "modernbert"}
+)
+#: LoRA settings kept in a saved adapter (enough to rebuild the same adapter on load).
+LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora",
+             "layers_to_transform", "fan_in_fan_out")
+
+
+def task_of(model: nn.Module) -> str:
+    """``"lm"`` for a causal LM, ``"classification"`` for a sequence classifier."""
+    name = type(model.get_base_model() if isinstance(model, PeftModel) else model).__name__
+    if name.endswith("ForCausalLM") or name.endswith("LMHeadModel"):
+        return "lm"
+    if name.endswith("ForSequenceClassification"):
+        return "classification"
+    raise ValueError(
+        f"unsupported model type {name}: crawd wraps causal LMs (AutoModelForCausalLM) and sequence "
+        "classifiers (AutoModelForSequenceClassification)"
+    )
+
+
+class AdaptedModel(nn.Module):
+    """A causal LM or sequence classifier, fine-tuned through LoRA (or fully).
+
+    Args:
+        base: a transformers ``*ForCausalLM`` / ``*ForSequenceClassification`` model, or
+            a peft ``PeftModel`` around one (its adapter is then used as it is).
+        tokenizer: the base model's tokenizer.
+        config: only the LoRA fields are used here.
+    """
+
+    def __init__(self, base: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase,
+                 config: CrawdConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or CrawdConfig()
+        self.tokenizer = tokenizer
+        self.task = task_of(base)
+        hf = base.get_base_model() if isinstance(base, PeftModel) else base
+        self.is_encoder = hf.config.model_type in ENCODER_TYPES
+        use_lora = self.config.lora if self.config.lora is not None else not self.is_encoder
+        if use_lora and not isinstance(base, PeftModel):
+            base = get_peft_model(base, LoraConfig(
+                r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=self.config.lora_dropout,
+                target_modules=list(self.config.lora_target_modules) if self.config.lora_target_modules else None,
+            ))
+        self.base = base
+        if self.task == "classification":
+            self.classifier.requires_grad_(True)  # a new classifier always trains
+
+    # ---- the pieces of the base model -------------------------------------------------
+    @property
+    def hf(self) -> PreTrainedModel:
+        """The transformers model (LoRA layers, if any, are injected in it)."""
+        return self.base.get_base_model() if isinstance(self.base, PeftModel) else self.base
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The transformer body that returns the last hidden state H_x."""
+        return self.hf.base_model
+
+    @property
+    def hidden_size(self) -> int:
+        return self.hf.config.hidden_size
+
+    @property
+    def lora_config(self) -> dict[str, Any] | None:
+        if not isinstance(self.base, PeftModel):
+            return None
+        raw = self.base.peft_config["default"].to_dict()
+        return {k: sorted(raw[k]) if isinstance(raw[k], set) else raw[k] for k in LORA_KEYS if k in raw}
+
+    @property
+    def classifier(self) -> nn.Linear:
+        """The classification layer of a sequence classifier (``classifier`` or ``score``)."""
+        for name in ("classifier", "score"):
+            layer = getattr(self.hf, name, None)
+            if isinstance(layer, nn.Linear):
+                return layer
+        raise ValueError(
+            f"unsupported classification head in {type(self.hf).__name__}: crawd needs a linear "
+            "`classifier` (BERT family) or `score` (decoders) layer"
+        )
+
+    # ---- forward ----------------------------------------------------------------------
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
+        """Run the backbone; returns its output (``last_hidden_state``, ``past_key_values``)."""
+        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+
+    def pool_index(self, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Position pooled for classification: first token (encoders) or last non-padding token."""
+        if self.is_encoder:
+            return torch.zeros(attention_mask.shape[0], dtype=torch.long, device=attention_mask.device)
+        positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+        return (positions * attention_mask.long()).argmax(-1)
+
+    def pooled(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The vector the base classifier consumes: BERT's pooler output, else the pooled token."""
+        pooler = getattr(self.backbone, "pooler", None)
+        if self.is_encoder and pooler is not None:
+            return pooler(hidden)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), self.pool_index(attention_mask)]
+
+    def base_head(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The base model's own output function of its last hidden states."""
+        if self.task == "lm":
+            return self.softcap(self.hf.get_output_embeddings()(hidden))
+        pooled = self.pooled(hidden, attention_mask)
+        dropout = getattr(self.hf, "dropout", None)
+        return self.classifier(dropout(pooled) if isinstance(dropout, nn.Dropout) else pooled)
+
+    def softcap(self, logits: torch.Tensor) -> torch.Tensor:
+        cap = getattr(self.hf.config, "final_logit_softcapping", None)
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """Logits from the last hidden states; subclasses change this and only this.
+
+        ``state`` carries what a head needs from earlier positions during cached generation.
+        """
+        return self.base_head(hidden, attention_mask)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs: Any,
+    ) -> CausalLMOutputWithPast | SequenceClassifierOutput:
+        """Same inputs and outputs as the base model's forward (``loss``, ``logits``).
+
+        Causal LM ``labels`` are the input ids (-100 ignored), shifted inside as in
+        transformers; classification ``labels`` are class indices.
+        """
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        kwargs.pop("num_items_in_batch", None)  # passed by the Trainer
+        out = self.encode(input_ids, attention_mask, **kwargs)
+        logits = self.head(out.last_hidden_state, attention_mask)
+        loss = None
+        if labels is not None:
+            if self.task == "lm":
+                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+            else:
+                loss = F.cross_entropy(logits.float(), labels)
+        if self.task == "lm":
+            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+    # ---- generation -------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        max_new_tokens: int = 20,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        eos_token_id: int | None = None,
+        pad_token_id: int | None = None,
+        use_cache: bool = True,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Greedy or sampled decoding with the base model's KV cache.
+
+        Prompts in a batch must be left-padded. Returns the prompt ids followed by the
+        new ids (finished rows are filled with ``pad_token_id``). ``use_cache=False``
+        recomputes the whole sequence at every step (slow; for checking the cache).
+        """
+        if self.task != "lm":
+            raise ValueError("generate() needs a causal LM; this model is a sequence classifier")
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        eos = self.tokenizer.eos_token_id if eos_token_id is None else eos_token_id
+        pad = next(t for t in (pad_token_id, self.tokenizer.pad_token_id, eos, 0) if t is not None)
+        warpers = LogitsProcessorList()
+        if do_sample:
+            warpers += [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
+            warpers += [TopKLogitsWarper(top_k)] if top_k else []
+            warpers += [TopPLogitsWarper(top_p)] if top_p is not None and top_p < 1.0 else []
+        ids, cache, state = input_ids, None, {}
+        new = input_ids
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            if use_cache:
+                out = self.encode(new, mask, position_ids=positions[:, -new.shape[1]:],
+                                  past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                logits = self.head(out.last_hidden_state, mask[:, -new.shape[1]:], state)[:, -1]
+            else:
+                out = self.encode(ids, mask, position_ids=positions)
+                logits = self.head(out.last_hidden_state, mask)[:, -1]
+            if do_sample:
+                probs = warpers(ids, logits.float()).softmax(-1)
+                token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+            else:
+                token = logits.argmax(-1)
+            token = torch.where(done, torch.full_like(token, pad), token)
+            ids = torch.cat([ids, token[:, None]], dim=-1)
+            mask = torch.cat([mask, (~done).long()[:, None].to(mask.dtype)], dim=-1)
+            done |= token == eos if eos is not None else done
+            new = token[:, None]
+            if done.all():
+                break
+        return ids
+
+    # ---- parameters and saving --------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The weights this method trains (adapter, new head, block): all that is saved."""
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def save_pretrained(self, directory: str) -> None:
+        """Write the trained weights (safetensors) and the settings (JSON) to ``directory``."""
+        from crawd.serialization import save_adapter
+
+        save_adapter(self, directory)

@@ -1,0 +1,161 @@
+"""CrawdConfig: every setting of the CrAWD block, validated, with a JSON round trip.
+
+Defaults follow the paper (Haque et al., EMNLP Findings 2025) where it is explicit
+and the project's documented decisions where it is not (see the method spec,
+section 3). Each field below says which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HEADS = ("concat", "residual")
+SCOPES = ("example", "row")
+MODES = ("cross", "self")
+
+
+@dataclass
+class CrawdConfig:
+    """Settings of a CrAWD model.
+
+    Args:
+        sensitive_words: words of the reference sensitive sequence b, in order
+            (paper, Bias in Bios: ``("he", "she")``).
+        groups: built-in groups from the paper whose words are appended to
+            ``sensitive_words`` (see :data:`crawd.sensitive.GROUPS`).
+        top_k: share K of the largest cross-attention weights that are decayed, in [0, 1]
+            (paper: 0.4). 0 disables the decay.
+        decay: factor lambda applied to those weights, in [0, 1] (paper: 0.2). 1 disables it.
+        num_heads: heads of the cross-attention (paper: 8); must divide the hidden size.
+        dropout: dropout of the cross-attention weights and the block's FFN (paper: 0.1).
+        ffn_dim: inner width of the block's FFN; ``None`` means the hidden size d.
+        head: ``"concat"`` (paper: Linear(2d -> out) on [H_x, H_cross], started as
+            [W_base, 0]) or ``"residual"`` (out = base_head(H_x + H_cross P), P a
+            zero-started d x d matrix: d^2 new weights instead of d * vocab).
+        topk_scope: ``"example"`` (project default: one cut-off per example and head
+            over all valid (input, reference) pairs) or ``"row"`` (one per input position).
+        renormalize: rescale the decayed weights of each row to sum to 1 (paper: no).
+        decay_at_inference: apply the decay in eval mode too (project default: yes).
+        mode: ``"cross"`` (the paper's design, default) or ``"self"`` (decay the base
+            model's own self-attention to the tokens most associated with b).
+        self_layers: for ``mode="self"``: indices of the base layers whose attention is
+            decayed; ``None`` means the last third.
+        lora: put a LoRA adapter on the base; ``None`` means on for decoders, off
+            (full fine-tuning) for encoders.
+        lora_r, lora_alpha, lora_dropout: LoRA settings (paper: 16, 32, 0.1).
+        lora_target_modules: modules LoRA adapts; ``None`` means peft's default for the
+            architecture.
+    """
+
+    sensitive_words: tuple[str, ...] = ("he", "she")
+    groups: tuple[str, ...] = ()
+    top_k: float = 0.4
+    decay: float = 0.2
+    num_heads: int = 8
+    dropout: float = 0.1
+    ffn_dim: int | None = None
+    head: str = "concat"
+    topk_scope: str = "example"
+    renormalize: bool = False
+    decay_at_inference: bool = True
+    mode: str = "cross"
+    self_layers: tuple[int, ...] | None = None
+    lora: bool | None = None
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.1
+    lora_target_modules: tuple[str, ...] | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        from crawd.sensitive import GROUPS
+
+        self.sensitive_words = _as_tuple(self.sensitive_words, "sensitive_words")
+        self.groups = _as_tuple(self.groups, "groups")
+        if self.lora_target_modules is not None:
+            self.lora_target_modules = _as_tuple(self.lora_target_modules, "lora_target_modules")
+        if self.self_layers is not None:
+            self.self_layers = tuple(int(i) for i in _as_tuple(self.self_layers, "self_layers"))
+        for group in self.groups:
+            if group not in GROUPS:
+                raise ValueError(f"groups: unknown group {group!r}; choose from {', '.join(GROUPS)}")
+        if not self.sensitive_words and not self.groups:
+            raise ValueError("sensitive_words and groups are both empty: give at least one sensitive word or group")
+        if any(not w.strip() for w in self.sensitive_words):
+            raise ValueError("sensitive_words: empty word in the list")
+        _check_range("top_k", self.top_k, 0.0, 1.0)
+        _check_range("decay", self.decay, 0.0, 1.0)
+        _check_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
+        _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
+        _check_choice("head", self.head, HEADS)
+        _check_choice("topk_scope", self.topk_scope, SCOPES)
+        _check_choice("mode", self.mode, MODES)
+        for name in ("num_heads", "lora_r", "lora_alpha"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.ffn_dim is not None and (not isinstance(self.ffn_dim, int) or self.ffn_dim < 1):
+            raise ValueError(f"ffn_dim must be a positive integer or None, got {self.ffn_dim!r}")
+
+    @property
+    def words(self) -> tuple[str, ...]:
+        """The reference sensitive words: ``sensitive_words`` then each group's words."""
+        from crawd.sensitive import GROUPS
+
+        out = list(self.sensitive_words)
+        for group in self.groups:
+            out += [w for w in GROUPS[group] if w not in out]
+        return tuple(out)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CrawdConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"unknown CrawdConfig key(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text_or_path: str | Path) -> "CrawdConfig":
+        text = str(text_or_path)
+        if not text.lstrip().startswith("{"):
+            text = Path(text).read_text()
+        return cls.from_dict(json.loads(text))
+
+
+def _as_tuple(value: Any, name: str) -> tuple:
+    if isinstance(value, str):
+        value = [w.strip() for w in value.split(",") if w.strip()]
+    try:
+        return tuple(value)
+    except TypeError:
+        raise ValueError(f"{name} must be a list, got {value!r}") from None
+
+
+def _check_range(name: str, value: Any, low: float, high: float, high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = ok and low <= value and (value < high if high_open else value <= high)
+    if not ok:
+        bracket = ")" if high_open else "]"
+        raise ValueError(f"{name} must be in [{low:g}, {high:g}{bracket}, got {value!r}")
+
+
+def _check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value
