@@ -1,0 +1,215 @@
+"""Fine-tuning on the Hugging Face Trainer, so that ``accelerate launch`` scales it out.
+
+What crawd adds to the stock Trainer:
+- checkpoints hold the adapter only (``checkpoint-N/adapter``: safetensors + JSON, see
+  :mod:`crawd.serialization`) beside the Trainer's optimizer / scheduler / RNG files
+  (torch's format, read back with ``weights_only=True``); each one is written into
+  a staging folder and renamed into place: a kill mid-write never leaves a
+  ``checkpoint-N`` that resume would pick up;
+- a run resumes automatically from the newest complete checkpoint in its folder;
+- a NaN or infinite loss stops the run with the step named; earlier checkpoints stay.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset, DatasetDict
+from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from crawd.adapted import AdaptedModel
+from crawd.serialization import read_adapter, save_adapter
+
+STAGING = ".staging"
+
+
+@dataclass
+class TrainSettings:
+    """Optimisation settings (the paper: lr 1e-5, 5 epochs, n = 32; CPU defaults are shorter)."""
+
+    max_steps: int = 60
+    batch_size: int = 8
+    learning_rate: float = 2e-4
+    seq_len: int = 32
+    seed: int = 0
+    save_steps: int = 20
+    logging_steps: int = 10
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    gradient_accumulation_steps: int = 1
+    bf16: bool = False
+    progress: bool = True
+    extra_args: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    final_loss: float
+    seconds: float
+    resumed_from: str | None
+    adapter_dir: str
+    loss_history: list[dict[str, float]]
+
+
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, seq_len: int) -> Dataset:
+    """Token ids (truncated to ``seq_len``) and labels for ``task``; other columns dropped."""
+
+    def encode(rows: dict[str, list]) -> dict[str, list]:
+        enc = tokenizer(rows["text"], truncation=True, max_length=seq_len)
+        if task == "classification":
+            enc["labels"] = rows["label"]
+        return enc
+
+    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
+
+
+class Collator:
+    """Right-pads a batch; causal-LM labels are the input ids with padding set to -100."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, task: str) -> None:
+        self.tokenizer, self.task = tokenizer, task
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        self.tokenizer.padding_side = "right"
+        labels = [f.pop("labels") for f in features] if self.task == "classification" else None
+        enc = self.tokenizer.pad(features, return_tensors="pt")
+        if self.task == "lm":
+            enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        else:
+            enc["labels"] = torch.tensor(labels, dtype=torch.long)
+        return dict(enc)
+
+
+class CrawdTrainer(Trainer):
+    """The stock Trainer with adapter-only, atomic checkpoints and a finite-loss guard."""
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if self.args.should_save:
+            # checkpoints also hold the Trainer's optimizer / RNG files: the adapter gets its own folder
+            save_adapter(self.accelerator.unwrap_model(self.model), Path(output_dir or self.args.output_dir) / "adapter")
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: torch.nn.Module | None = None) -> None:
+        model = self.accelerator.unwrap_model(model or self.model)
+        _, tensors = read_adapter(Path(resume_from_checkpoint) / "adapter")
+        missing = set(model.trainable_state_dict()) - set(tensors)
+        if missing:
+            raise ValueError(f"checkpoint {resume_from_checkpoint} does not match this model (missing {sorted(missing)[:3]})")
+        model.load_state_dict(tensors, strict=False)
+
+    def _save_checkpoint(self, model: torch.nn.Module, trial: Any) -> None:
+        run_dir = Path(self._get_output_dir(trial=trial))
+        staging = run_dir / STAGING
+        name = f"checkpoint-{self.state.global_step}"
+        self._get_output_dir = lambda trial=None: str(staging)  # the stock code writes under staging/
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            del self._get_output_dir
+        if self.args.should_save:
+            for path in (staging / name).rglob("*"):
+                if path.is_file():
+                    with open(path, "rb") as handle:
+                        os.fsync(handle.fileno())
+            if (run_dir / name).exists():
+                shutil.rmtree(run_dir / name)
+            os.replace(staging / name, run_dir / name)
+            shutil.rmtree(staging)
+            for old in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+                shutil.rmtree(old)
+
+    def training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            last = get_last_checkpoint(self.args.output_dir)
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at step {self.state.global_step + 1}; stopped "
+                f"(last good checkpoint: {last or 'none'}); lower the learning rate or check the data"
+            )
+        return loss
+
+
+def check_writable(out_dir: Path) -> None:
+    """Fail before training if ``out_dir`` cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / ".write-test"
+        probe.write_bytes(b"0" * 4096)
+        probe.unlink()
+    except OSError as err:
+        raise OSError(f"cannot write to output folder {out_dir}: {err.strerror or err}") from None
+
+
+def train(
+    model: AdaptedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    data: DatasetDict | Dataset,
+    out_dir: str | os.PathLike,
+    settings: TrainSettings | None = None,
+) -> TrainResult:
+    """Fine-tune ``model`` on ``data["train"]`` (or ``data``) and save the adapter to ``out_dir/adapter``.
+
+    Resumes from the newest complete ``out_dir/checkpoint-N`` when there is one.
+    """
+    settings = settings or TrainSettings()
+    out_dir = Path(out_dir)
+    check_writable(out_dir)
+    shutil.rmtree(out_dir / STAGING, ignore_errors=True)  # a checkpoint killed mid-write
+    train_set = data["train"] if isinstance(data, DatasetDict) else data
+    if len(train_set) == 0:
+        raise ValueError("the training split is empty")
+    tokenized = tokenize(train_set, tokenizer, model.task, settings.seq_len)
+    args = TrainingArguments(
+        output_dir=str(out_dir),
+        max_steps=settings.max_steps,
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.gradient_accumulation_steps,
+        learning_rate=settings.learning_rate,
+        weight_decay=settings.weight_decay,
+        warmup_steps=settings.warmup_steps,
+        lr_scheduler_type="linear",
+        save_strategy="steps",
+        save_steps=settings.save_steps,
+        logging_steps=settings.logging_steps,
+        seed=settings.seed,
+        data_seed=settings.seed,
+        bf16=settings.bf16,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=not settings.progress,
+        use_cpu=not torch.cuda.is_available(),
+        **settings.extra_args,
+    )
+    trainer = CrawdTrainer(model=model, args=args, train_dataset=tokenized, data_collator=Collator(tokenizer, model.task))
+    resume = get_last_checkpoint(str(out_dir))
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=resume)
+    seconds = time.perf_counter() - start
+    model.eval()
+    adapter_dir = out_dir / "adapter"
+    if trainer.args.should_save:
+        model.save_pretrained(str(adapter_dir))
+    history = [{"step": h["step"], "loss": h["loss"]} for h in trainer.state.log_history if "loss" in h]
+    result = TrainResult(
+        steps=trainer.state.global_step,
+        final_loss=history[-1]["loss"] if history else float(output.training_loss),
+        seconds=seconds,
+        resumed_from=resume,
+        adapter_dir=str(adapter_dir),
+        loss_history=history,
+    )
+    if trainer.args.should_save:
+        (out_dir / "train_summary.json").write_text(json.dumps(asdict(result), indent=2))
+    if not math.isfinite(result.final_loss):
+        raise FloatingPointError(f"training ended with a non-finite loss ({result.final_loss})")
+    return result
