@@ -1,0 +1,45 @@
+"""One entry point that picks a loader from a short spec string."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from datasets import DatasetDict
+
+from crawd.data.bias_in_bios import bias_in_bios
+from crawd.data.bios import synthetic_bios
+from crawd.data.files import SUFFIXES, from_files
+from crawd.data.madlibs import madlibs
+
+__all__ = ["SPECS", "load_data"]
+
+SPECS: dict[str, str] = {
+    "synthetic-bios": "generated biographies, 28 occupations, train skewed by real gender statistics",
+    "bias-in-bios": "real Bias in Bios (LabHC/bias_in_bios); 'bias-in-bios:PATH_OR_HUB_ID' for another copy",
+    "madlibs": "bias madlibs toxicity sentences, identity term as sensitive attribute (needs the data folder)",
+    "PATH": f"your own file ({', '.join(SUFFIXES)}), see from_files",
+}
+"""Accepted specs and a one-line description of each."""
+
+
+def load_data(spec: str = "synthetic-bios", data_dir: str | None = None, **kwargs: Any) -> DatasetDict:
+    """Load a dataset by spec; ``kwargs`` go to the loader.
+
+    ``"synthetic-bios"`` -> :func:`synthetic_bios`, ``"bias-in-bios"`` or
+    ``"bias-in-bios:SOURCE"`` -> :func:`bias_in_bios`, ``"madlibs"`` ->
+    :func:`madlibs`, a path ending in a known suffix -> :func:`from_files`
+    (``data_dir`` is not used for files).
+    """
+    name, _, source = spec.partition(":")
+    if spec == "synthetic-bios":
+        return synthetic_bios(data_dir=data_dir, **kwargs)
+    if name == "bias-in-bios":
+        if source:
+            kwargs["source"] = source
+        return bias_in_bios(data_dir=data_dir, **kwargs)
+    if spec == "madlibs":
+        return madlibs(data_dir, **kwargs)
+    if Path(spec).suffix.lower() in SUFFIXES:
+        return from_files(spec, **kwargs)
+    raise ValueError(f"unknown dataset {spec!r}: use synthetic-bios, bias-in-bios[:SOURCE], madlibs or a data file")
