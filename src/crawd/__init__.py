@@ -4,9 +4,10 @@ from crawd.adapted import AdaptedModel
 from crawd.block import CrossAttentionBlock, topk_decay
 from crawd.config import CrawdConfig
 from crawd.model import CrawdModel, adapt, wrap
+from crawd.self_decay import SelfDecayModel
 from crawd.sensitive import GROUPS
 from crawd.serialization import load
 
 __version__ = "0.1.0"
-__all__ = ["AdaptedModel", "CrawdConfig", "CrawdModel", "CrossAttentionBlock", "GROUPS", "adapt", "load",
+__all__ = ["AdaptedModel", "CrawdConfig", "CrawdModel", "CrossAttentionBlock", "GROUPS", "SelfDecayModel", "adapt", "load",
            "topk_decay", "wrap"]

@@ -24,12 +24,8 @@ from transformers.generation.logits_process import (
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 from crawd.config import CrawdConfig
+from crawd.models import ENCODER_MODEL_TYPES
 
-#: Model types whose classifiers pool the first token (the rest pool the last non-padding one).
-ENCODER_TYPES = frozenset(
-    {"bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2", "albert", "mpnet",
-     "camembert", "modernbert"}
-)
 #: LoRA settings kept in a saved adapter (enough to rebuild the same adapter on load).
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora",
              "layers_to_transform", "fan_in_fan_out")
@@ -65,7 +61,7 @@ class AdaptedModel(nn.Module):
         self.tokenizer = tokenizer
         self.task = task_of(base)
         hf = base.get_base_model() if isinstance(base, PeftModel) else base
-        self.is_encoder = hf.config.model_type in ENCODER_TYPES
+        self.is_encoder = hf.config.model_type in ENCODER_MODEL_TYPES  # classifiers pool the first token
         use_lora = self.config.lora if self.config.lora is not None else not self.is_encoder
         if use_lora and not isinstance(base, PeftModel):
             base = get_peft_model(base, LoraConfig(

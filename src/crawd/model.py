@@ -115,17 +115,22 @@ class CrawdModel(AdaptedModel):
 
 
 def wrap(base: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase,
-         config: CrawdConfig | None = None, **overrides: Any) -> CrawdModel:
+         config: CrawdConfig | None = None, **overrides: Any) -> AdaptedModel:
     """Add the CrAWD block to ``base``; a fresh result reproduces the base model's outputs.
 
     Args:
         base: a causal LM or sequence classifier from transformers (or a peft model).
         tokenizer: its tokenizer (used to encode the reference sensitive sequence).
         config: block settings; ``overrides`` replace single fields (``top_k=0.3``).
+            ``mode="self"`` returns a :class:`crawd.self_decay.SelfDecayModel` instead.
     """
     config = config or CrawdConfig()
     if overrides:
         config = CrawdConfig.from_dict({**config.to_dict(), **overrides})
+    if config.mode == "self":
+        from crawd.self_decay import SelfDecayModel
+
+        return SelfDecayModel(base, tokenizer, config)
     return CrawdModel(base, tokenizer, config)
 
 

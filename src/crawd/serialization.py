@@ -56,12 +56,13 @@ def atomic_write(path: Path, write: Any) -> None:
 def save_adapter(model: AdaptedModel, directory: str | os.PathLike) -> None:
     """Save ``model``'s trained weights and settings to ``directory`` (see module doc)."""
     from crawd.model import CrawdModel
+    from crawd.self_decay import SelfDecayModel
 
     directory = Path(directory)
     tensors = {k: v.contiguous().clone() for k, v in model.trainable_state_dict().items()}
     meta = {
         "format": "crawd-adapter/1",
-        "method": "crawd" if isinstance(model, CrawdModel) else "vanilla",
+        "method": "crawd" if isinstance(model, (CrawdModel, SelfDecayModel)) else "vanilla",
         "task": model.task,
         "crawd": model.config.to_dict(),
         "lora": model.lora_config,
@@ -102,7 +103,7 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str
 
 def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | os.PathLike) -> AdaptedModel:
     """Rebuild the saved model on ``base`` (a fresh transformers model of the same kind)."""
-    from crawd.model import CrawdModel
+    from crawd.model import wrap
 
     meta, tensors = read_adapter(directory)
     hf = base.get_base_model() if isinstance(base, PeftModel) else base
@@ -117,7 +118,7 @@ def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: s
     if meta["lora"] is not None and not isinstance(base, PeftModel):
         base = get_peft_model(base, LoraConfig(**meta["lora"]))
     config.lora = meta["lora"] is not None
-    model = CrawdModel(base, tokenizer, config) if meta["method"] == "crawd" else AdaptedModel(base, tokenizer, config)
+    model = wrap(base, tokenizer, config) if meta["method"] == "crawd" else AdaptedModel(base, tokenizer, config)
     expected = set(model.trainable_state_dict())
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

@@ -1,0 +1,3 @@
+from crawd.cli import main
+
+main()

@@ -1,0 +1,277 @@
+"""The ``crawd`` command: demo, train, eval, compare, inspect, bench.
+
+User mistakes (bad values, missing files or columns, unknown config keys) end with
+one red ``error:`` line and exit status 2; set ``CRAWD_DEBUG=1`` for the traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import click
+import typer
+import yaml
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Fine-tune language models with Cross-Attention-based Weight Decay (CrAWD) and measure bias.")
+console = Console()
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError, OSError, FloatingPointError,
+               KeyError)
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "model": "smollm2-135m", "data": "synthetic-bios", "task": "lm", "method": "crawd", "out": None,
+    "top_k": 0.4, "decay": 0.2, "sensitive_words": "he,she", "groups": "", "head": "concat", "mode": "cross",
+    "max_steps": 60, "seed": 0, "batch_size": 8, "learning_rate": 2e-4, "seq_len": 32, "save_steps": 20,
+    "data_dir": None, "trust_remote_code": False,
+}
+
+
+def read_yaml(path: str | Path, allowed: set[str]) -> dict[str, Any]:
+    """A YAML mapping whose keys (dashes or underscores) must all be in ``allowed``."""
+    path = Path(path).expanduser().resolve()
+    if not path.is_file():
+        raise FileNotFoundError(f"config file {path} does not exist")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of keys to values")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    for key in data:
+        if key not in allowed:
+            near = difflib.get_close_matches(key, sorted(allowed), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(sorted(allowed))}"
+            raise ValueError(f"unknown key {key!r} in {path}{hint}")
+    return data
+
+
+def merged(flags: dict[str, Any], config: Optional[Path], defaults: dict[str, Any]) -> dict[str, Any]:
+    """Defaults, then the YAML file, then the flags given on the command line."""
+    values = dict(defaults)
+    if config is not None:
+        values.update(read_yaml(config, set(defaults)))
+    values.update({k: v for k, v in flags.items() if v is not None})
+    return values
+
+
+def crawd_config(values: dict[str, Any]):
+    from crawd.config import CrawdConfig
+
+    return CrawdConfig(sensitive_words=values["sensitive_words"], groups=values.get("groups") or (),
+                       top_k=values["top_k"], decay=values["decay"], head=values["head"], mode=values["mode"])
+
+
+def train_settings(values: dict[str, Any], progress: bool = True):
+    from crawd.train import TrainSettings
+
+    return TrainSettings(max_steps=values["max_steps"], batch_size=values["batch_size"],
+                         learning_rate=values["learning_rate"], seq_len=values["seq_len"], seed=values["seed"],
+                         save_steps=values["save_steps"], progress=progress)
+
+
+@app.command()
+def train(
+    model: Optional[str] = typer.Option(None, help="alias (smollm2-135m, minilm-l6), local folder or hub id"),
+    data: Optional[str] = typer.Option(None, help="synthetic-bios, bias-in-bios[:path], madlibs, or a csv/jsonl/parquet file"),
+    task: Optional[str] = typer.Option(None, help="lm or classification"),
+    method: Optional[str] = typer.Option(None, help="vanilla, crawd (see `crawd compare` for baselines)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (checkpoints, adapter/)"),
+    top_k: Optional[float] = typer.Option(None, "--top-k", help="share K of weights decayed, in [0, 1]"),
+    decay: Optional[float] = typer.Option(None, help="decay factor lambda, in [0, 1]"),
+    sensitive_words: Optional[str] = typer.Option(None, "--sensitive-words", help="comma-separated, e.g. he,she"),
+    groups: Optional[str] = typer.Option(None, help="built-in word groups, e.g. gender,race"),
+    head: Optional[str] = typer.Option(None, help="concat (paper) or residual (light)"),
+    mode: Optional[str] = typer.Option(None, help="cross (paper) or self"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps"),
+    seed: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", "--lr"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len"),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="folder of the shared datasets"),
+    trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code/--no-trust-remote-code"),
+    config: Optional[Path] = typer.Option(None, help="YAML file with the same keys as these flags"),
+) -> None:
+    """Fine-tune one model with one method; resumes from the newest checkpoint in --out."""
+    from crawd.data import load_data
+    from crawd.methods import get_method
+    from crawd.models import load_model
+
+    values = merged({k: v for k, v in locals().items() if k != "config"}, config, TRAIN_DEFAULTS)
+    if values["out"] is None:
+        raise ValueError("--out is required (the folder for checkpoints and the adapter)")
+    if values["task"] not in ("lm", "classification"):
+        raise ValueError(f"--task must be lm or classification, got {values['task']!r}")
+    chosen = get_method(values["method"])
+    if not chosen.trains:
+        raise ValueError(f"method {values['method']!r} trains nothing; use `crawd eval` for the base model")
+    cfg = crawd_config(values)
+    settings = train_settings(values)
+    dataset = load_data(values["data"], data_dir=values["data_dir"])
+    from transformers import set_seed
+
+    set_seed(settings.seed)
+    num_labels = dataset["train"].features["label"].num_classes if values["task"] == "classification" else None
+    base, tokenizer = load_model(values["model"], values["task"], num_labels=num_labels,
+                                 trust_remote_code=bool(values["trust_remote_code"]))
+    built = chosen.build(base, tokenizer, cfg)
+    if chosen.transform:
+        dataset = chosen.transform(dataset, cfg)
+    from crawd.train import train as run_train
+
+    result = run_train(built, tokenizer, dataset, values["out"], settings)
+    console.print(f"[green]done[/green]: {result.steps} steps in {result.seconds:.0f} s, final loss "
+                  f"{result.final_loss:.4f}; adapter saved to {result.adapter_dir}")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo-out"), help="report folder"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="shared data folder (occupation statistics)"),
+    max_steps: int = typer.Option(60, "--max-steps", help="training steps per method"),
+    seed: int = typer.Option(0),
+    n_train: int = typer.Option(1200, "--n-train", help="synthetic training bios"),
+) -> None:
+    """The main job, offline: synthetic biased bios, SmolLM2-135M, base vs vanilla vs CrAWD."""
+    from crawd.config import CrawdConfig
+    from crawd.data import synthetic_bios
+    from crawd.experiment import RunSpec, run_experiment
+    from crawd.report import print_results, write_report
+    from crawd.train import TrainSettings
+
+    start = time.perf_counter()
+    data = synthetic_bios(n_train=n_train, n_test=280, seed=seed, data_dir=data_dir)
+    settings = TrainSettings(max_steps=max_steps, batch_size=8, learning_rate=2e-4, seq_len=48, save_steps=20,
+                             logging_steps=10)
+    runs = [RunSpec("base", seed), RunSpec("vanilla", seed), RunSpec("crawd", seed)]
+    results = run_experiment("smollm2-135m", "lm", data, runs, out, CrawdConfig(), settings,
+                             ["gas", "ppl", "pronoun_skew"], data_dir=data_dir, console=console)
+    results["wall_seconds"] = time.perf_counter() - start
+    notes = (f"Model: SmolLM2-135M-Instruct (embedded). Data: {n_train} synthetic bios, training share of women per "
+             f"occupation from real statistics; test split gender-balanced. Budget: {max_steps} LoRA steps, batch 8, "
+             f"{settings.seq_len} tokens, lr {settings.learning_rate}. CrAWD: paper defaults (top_k 0.4, decay 0.2, "
+             "reference 'he she', concat head). GAS: share of greedy continuations of occupation prompts with any of "
+             "the paper's 28 gendered words (lower is better); pronoun_skew: mean |P(she)/(P(she)+P(he)) - 0.5| "
+             "after occupation prompts (0 is ideal); ppl: perplexity on held-out bios.")
+    paths = write_report(results, out, "crawd demo: base vs vanilla vs CrAWD", tradeoff=("gas", "ppl"), notes=notes)
+    print_results(results, "crawd demo (SmolLM2-135M, synthetic bios)", console)
+    console.print(f"report: {', '.join(str(p) for p in paths)}  ({results['wall_seconds'] / 60:.1f} min)")
+
+
+@app.command("eval")
+def evaluate_cmd(
+    model: str = typer.Option(..., help="alias, local folder or hub id"),
+    adapter: Optional[Path] = typer.Option(None, help="a folder written by save_pretrained / crawd train"),
+    benchmarks: str = typer.Option("crows_pairs,stereoset,weat,gas,pronoun_skew", help="comma-separated"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir"),
+    data: str = typer.Option("synthetic-bios", help="dataset for ppl / tpr_gap (its test split)"),
+    task: str = typer.Option("lm", help="lm or classification"),
+    out: Path = typer.Option(Path("eval-out")),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code/--no-trust-remote-code"),
+) -> None:
+    """Score a base model, or a base plus adapter, on the bias benchmarks."""
+    import crawd
+    from crawd.data import load_data, resolve_data_dir
+    from crawd.experiment import evaluate
+    from crawd.metrics import BENCHMARKS
+    from crawd.models import load_model
+    from crawd.report import print_results, write_report
+
+    names = [b.strip() for b in benchmarks.split(",") if b.strip()]
+    unknown = [b for b in names if b not in BENCHMARKS]
+    if unknown:
+        raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    dataset = load_data(data, data_dir=data_dir)
+    num_labels = dataset["train"].features["label"].num_classes if task == "classification" else None
+    base, tokenizer = load_model(model, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
+    scored = crawd.load(base, tokenizer, adapter) if adapter else base
+    scores = evaluate(scored, tokenizer, task, names, dataset, resolve_data_dir(data_dir))
+    label = f"{model}+{adapter.name}" if adapter else model
+    results = {"model": model, "adapter": str(adapter) if adapter else None,
+               "runs": [{"method": label, "seed": 0, **scores}]}
+    for name, entry in scores["benchmarks"].items():
+        detail = f"{entry['seconds']:.1f} s" if entry["status"] == "ok" else f"skipped: {entry['reason']}"
+        console.print(f"  {name}: {detail}")
+    write_report(results, out, f"crawd eval: {label}")
+    print_results(results, f"crawd eval: {label}", console)
+    console.print(f"report: {out / 'report.md'}")
+
+
+@app.command()
+def inspect(
+    text: str = typer.Argument(..., help="the text whose cross-attention to show"),
+    model: str = typer.Option("smollm2-135m"),
+    adapter: Optional[Path] = typer.Option(None, help="a crawd adapter folder (else a fresh block)"),
+    sensitive_words: str = typer.Option("he,she", "--sensitive-words"),
+    out: Path = typer.Option(Path("cross_attention.png"), help="PNG heatmap"),
+) -> None:
+    """Show which input tokens attend to which sensitive tokens, before and after the decay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    import crawd
+    from crawd.models import load_model
+
+    base, tokenizer = load_model(model, "lm")
+    wrapped = crawd.load(base, tokenizer, adapter) if adapter else crawd.wrap(base, tokenizer, sensitive_words=sensitive_words)
+    wrapped.eval()
+    enc = tokenizer(text, return_tensors="pt")
+    beta, decayed = (t[0].mean(0) for t in wrapped.cross_attention(enc["input_ids"], enc["attention_mask"]))
+    rows = [tokenizer.decode([i]) for i in enc["input_ids"][0]]
+    cols = [tokenizer.decode([i]) for i in wrapped.reference_ids[0]]
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.6 * len(cols), 1.5 + 0.3 * len(rows)), sharey=True)
+    for ax, matrix, title in zip(axes, (beta, decayed), ("beta (mean over heads)", "after top-K decay")):
+        image = ax.imshow(matrix.numpy(), aspect="auto", cmap="viridis", vmin=0, vmax=float(beta.max()))
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_title(title, fontsize=9)
+    axes[0].set_yticks(range(len(rows)), rows)
+    fig.colorbar(image, ax=axes)
+    fig.savefig(out, dpi=120, bbox_inches="tight")
+    console.print(f"heatmap written to {out}")
+    for token, row in zip(rows, decayed):
+        console.print(f"{token!r:>16} " + " ".join(f"{c}={v:.2f}" for c, v in zip(cols, row.tolist())))
+
+
+@app.command()
+def bench(
+    model: str = typer.Option("smollm2-135m"),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="also write the figures as JSON"),
+    quick: bool = typer.Option(False, help="fewer repeats (a smoke run)"),
+) -> None:
+    """Overhead of CrAWD against plain LoRA fine-tuning: step time, memory, generation, parameters."""
+    from crawd.bench import format_bench, run_bench
+
+    result = run_bench(model=model, **({"repeats": 3} if quick else {}))
+    console.print(format_bench(result))
+    if json_path:
+        json_path.write_text(json.dumps(result, indent=2, default=str))
+        console.print(f"figures written to {json_path}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app and turn user mistakes into one error line."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except click.exceptions.ClickException as err:
+        err.show()
+        sys.exit(err.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        console.print("[yellow]interrupted[/yellow]: rerun the same command to resume")
+        sys.exit(130)
+    except USER_ERRORS as err:
+        if os.environ.get("CRAWD_DEBUG"):
+            raise
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+"""Occupation lists and generation helpers shared by GAS and pronoun skew."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from crawd.metrics._data import data_file
+from crawd.metrics.loglik import encode, model_device, start_token_id
+
+# The 28 Bias in Bios occupations (De-Arteaga et al. 2019), as readable phrases.
+BIAS_IN_BIOS_OCCUPATIONS: tuple[str, ...] = (
+    "accountant", "architect", "attorney", "chiropractor", "comedian", "composer", "dentist",
+    "dietitian", "DJ", "filmmaker", "interior designer", "journalist", "model", "nurse",
+    "painter", "paralegal", "pastor", "personal trainer", "photographer", "physician", "poet",
+    "professor", "psychologist", "rapper", "software engineer", "surgeon", "teacher",
+    "yoga teacher")
+
+
+def occupation_stats(data_dir: str | Path | None) -> dict[str, float]:
+    """``{occupation: bls_pct_female}`` from ``occupations/occupations-stats.tsv`` (rows with a value)."""
+    frame = pd.read_csv(data_file(data_dir, "occupations", "occupations-stats.tsv"), sep="\t")
+    frame = frame.dropna(subset=["bls_pct_female"])
+    return dict(zip(frame["occupation"].astype(str), frame["bls_pct_female"].astype(float)))
+
+
+def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 20,
+                           batch_size: int = 16, progress: bool = False) -> list[str]:
+    """Greedy continuations of ``prompts``, decoded without the prompt.
+
+    Each prompt is [start token] + its ids, left-padded by hand (the tokenizer
+    is not modified); only the new tokens are decoded, special tokens skipped.
+    """
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start_token_id(tokenizer)
+    start = start_token_id(tokenizer)
+    encoded = [[start] + encode(tokenizer, p) for p in prompts]
+    device = model_device(model)
+    outputs: list[str] = []
+    with torch.inference_mode():
+        for i in tqdm(range(0, len(encoded), batch_size), desc="generating", disable=not progress):
+            chunk = encoded[i:i + batch_size]
+            width = max(map(len, chunk))
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for row, seq in enumerate(chunk):
+                ids[row, width - len(seq):] = torch.tensor(seq)
+                mask[row, width - len(seq):] = 1
+            out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
+            outputs.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in out)
+    return outputs

@@ -1,0 +1,169 @@
+"""Results on screen and on disk: a rich table, results.json, report.md and PNG plots.
+
+A result set is ``{"runs": [{"method", "seed", "metrics": {name: estimate}}, ...], ...}``
+where an estimate is ``{"value", "ci_low", "ci_high"}`` (or a bare number). Runs of the
+same method with several seeds are summarised as mean and standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+#: Direction of each headline metric: +1 higher is better, -1 lower is better; 0: closest to the ideal.
+DIRECTION = {"gas": -1, "ppl": -1, "pronoun_skew": -1, "accuracy": 1, "rms_tpr_gap": -1, "max_tpr_gap": -1,
+             "fpr_gap": -1, "icat": 1, "lms": 1, "weat": -1}
+
+
+def value(estimate: Any) -> float:
+    return float(estimate["value"] if isinstance(estimate, dict) else estimate)
+
+
+def metric_names(runs: list[dict]) -> list[str]:
+    names: list[str] = []
+    for run in runs:
+        names += [n for n in run["metrics"] if n not in names]
+    return names
+
+
+def summarise(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per method and metric: mean, std over seeds, the mean CI, and the number of seeds."""
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        grouped[run["method"]].append(run)
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for method, method_runs in grouped.items():
+        summary[method] = {}
+        for name in metric_names(method_runs):
+            estimates = [r["metrics"][name] for r in method_runs if r["metrics"].get(name) is not None]
+            values = np.array([value(e) for e in estimates], dtype=float)
+            if not len(values):
+                continue
+            lows = [e.get("ci_low") for e in estimates if isinstance(e, dict) and e.get("ci_low") is not None]
+            highs = [e.get("ci_high") for e in estimates if isinstance(e, dict) and e.get("ci_high") is not None]
+            summary[method][name] = {
+                "mean": float(values.mean()),
+                "std": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+                "ci_low": float(np.mean(lows)) if lows else math.nan,
+                "ci_high": float(np.mean(highs)) if highs else math.nan,
+                "seeds": int(len(values)),
+            }
+    return summary
+
+
+def _cell(stats: dict[str, float] | None) -> str:
+    if stats is None:
+        return "-"
+    text = f"{stats['mean']:.3f}"
+    if stats["seeds"] > 1:
+        text += f" ± {stats['std']:.3f}"
+    elif not math.isnan(stats["ci_low"]):
+        text += f" [{stats['ci_low']:.3f}, {stats['ci_high']:.3f}]"
+    return text
+
+
+def rich_table(results: dict, title: str = "crawd results") -> Table:
+    summary = summarise(results["runs"])
+    names = metric_names(results["runs"])
+    table = Table(title=title)
+    table.add_column("method")
+    for name in names:
+        arrow = {1: " ↑", -1: " ↓"}.get(DIRECTION.get(name, 0), "")
+        table.add_column(name + arrow, justify="right")
+    for method, stats in summary.items():
+        table.add_row(method, *(_cell(stats.get(n)) for n in names))
+    return table
+
+
+def markdown_table(results: dict) -> str:
+    summary = summarise(results["runs"])
+    names = metric_names(results["runs"])
+    lines = ["| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for method, stats in summary.items():
+        lines.append(f"| {method} | " + " | ".join(_cell(stats.get(n)) for n in names) + " |")
+    return "\n".join(lines)
+
+
+def plot_metrics(results: dict, path: Path) -> None:
+    """One bar panel per metric: each method's value with its 95% CI (or spread over seeds)."""
+    summary = summarise(results["runs"])
+    names = metric_names(results["runs"])
+    methods = list(summary)
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        means = [summary[m].get(name, {}).get("mean", math.nan) for m in methods]
+        errs = []
+        for m in methods:
+            s = summary[m].get(name)
+            if s is None:
+                errs.append((0.0, 0.0))
+            elif s["seeds"] > 1 or math.isnan(s["ci_low"]):
+                errs.append((s["std"], s["std"]))
+            else:
+                errs.append((s["mean"] - s["ci_low"], s["ci_high"] - s["mean"]))
+        ax.bar(methods, means, yerr=np.array(errs).T, capsize=4, color=plt.cm.tab10(np.arange(len(methods))))
+        arrow = {1: " (higher is better)", -1: " (lower is better)"}.get(DIRECTION.get(name, 0), "")
+        ax.set_title(name + arrow, fontsize=9)
+        ax.tick_params(axis="x", rotation=30, labelsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_tradeoff(results: dict, path: Path, fairness: str, utility: str) -> bool:
+    """Fairness (y) against utility (x), one point per method with error bars; Pareto front marked."""
+    summary = {m: s for m, s in summarise(results["runs"]).items() if fairness in s and utility in s}
+    if len(summary) < 2:
+        return False
+    fig, ax = plt.subplots(figsize=(5, 4))
+    points = []
+    for i, (method, stats) in enumerate(summary.items()):
+        x, y = stats[utility], stats[fairness]
+        ax.errorbar(x["mean"], y["mean"], xerr=x["std"] or None, yerr=y["std"] or None, fmt="o",
+                    color=plt.cm.tab10(i), capsize=3, label=method)
+        points.append((method, DIRECTION.get(utility, 1) * x["mean"], DIRECTION.get(fairness, -1) * y["mean"]))
+    front = [p for p in points if not any(q[1] >= p[1] and q[2] >= p[2] and q != p for q in points)]
+    front.sort(key=lambda p: p[1])
+    ax.plot([summary[p[0]][utility]["mean"] for p in front], [summary[p[0]][fairness]["mean"] for p in front],
+            "--", color="grey", label="Pareto front")
+    ax.set_xlabel(utility + {1: " ↑", -1: " ↓"}.get(DIRECTION.get(utility, 0), ""))
+    ax.set_ylabel(fairness + {1: " ↑", -1: " ↓"}.get(DIRECTION.get(fairness, 0), ""))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def write_report(results: dict, out_dir: str | Path, title: str = "crawd results",
+                 tradeoff: tuple[str, str] | None = None, notes: str = "") -> list[Path]:
+    """Write results.json, report.md and plots into ``out_dir``; return the written paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [out_dir / "results.json", out_dir / "report.md", out_dir / "metrics.png"]
+    written[0].write_text(json.dumps(results, indent=2, default=float))
+    plot_metrics(results, written[2])
+    figures = ["![metrics](metrics.png)"]
+    if tradeoff and plot_tradeoff(results, out_dir / "tradeoff.png", *tradeoff):
+        written.append(out_dir / "tradeoff.png")
+        figures.append("![fairness versus utility](tradeoff.png)")
+    text = [f"# {title}", "", markdown_table(results), "", *figures]
+    if notes:
+        text += ["", notes]
+    written[1].write_text("\n".join(text) + "\n")
+    return written
+
+
+def print_results(results: dict, title: str = "crawd results", console: Console | None = None) -> None:
+    (console or Console()).print(rich_table(results, title))

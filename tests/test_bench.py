@@ -1,0 +1,60 @@
+"""crawd.bench on a tiny random Llama: the documented keys, sane positive ratios, the text report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from crawd import bench
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def result():
+    return bench.run_bench(random_config="tiny", batch=2, seq_len=16, ref_len=3, repeats=2, warmup=1,
+                           gen_tokens=4, gen_repeats=2, gen_prompt_len=4, memory=False, device="cpu", threads=1,
+                           verbose=False)
+
+
+def test_run_bench_keys_and_ratios(result):
+    assert {"machine", "versions", "settings", "train", "train_times", "generate", "memory", "parameters",
+            "ratios", "seconds"} <= set(result)
+    assert set(result["train"]) == {"vanilla", "residual", "concat"}
+    for stats in [*result["train"].values(), *result["generate"].values()]:
+        assert 0 < stats["min"] <= stats["median"] <= stats["max"]
+    assert result["settings"]["ref_len"] == 3 and result["memory"] is None
+    names = {(r["name"], r["head"]) for r in result["ratios"]}
+    assert names == {(n, h) for n in ("train step time", "generation tokens/s") for h in ("residual", "concat")}
+    for row in result["ratios"]:
+        assert 0 < row["min"] <= row["pair_median"] <= row["max"]
+        assert 0.05 < row["median"] < 20
+        assert row["met"] in (True, False) if row["head"] == "residual" else row["met"] is None
+    json.dumps(result)  # JSON-ready
+
+
+def test_parameter_counts_match_the_built_models(result):
+    p = result["parameters"]
+    d, vocab = 64, 512
+    assert p["variants"]["vanilla"]["new"] == 0
+    assert p["variants"]["residual"]["block"] == bench.block_parameters(d)
+    assert p["variants"]["residual"]["head"] == d * d
+    assert p["variants"]["concat"]["head"] == 2 * d * vocab
+    assert p["variants"]["residual"]["lora"] == p["variants"]["vanilla"]["lora"] > 0
+
+
+def test_ffn_width_for_one_percent():
+    # SmolLM2: the attention projections alone are 0.99% of the base model
+    smol = bench.parameter_table(*bench.REFERENCE_SHAPES["smollm2-135m"])
+    f = smol["max_ffn_for_1pct"]["block_only"]
+    assert f > 0 and bench.block_parameters(576, f) <= 0.01 * 134_515_008 < bench.block_parameters(576, f + 1)
+    assert smol["max_ffn_for_1pct"]["residual"] == 0
+
+
+def test_format_bench(result):
+    text = bench.format_bench(result)
+    for word in ("train step time", "generation tokens/s", "residual", "concat", "torch", "FFN width"):
+        assert word in text
+    assert set(bench.BENCH_OPTIONS) >= {"model", "heads", "batch", "seq_len", "ref_len", "repeats", "gen_tokens",
+                                        "device", "dtype", "memory"}
