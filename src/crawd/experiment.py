@@ -34,10 +34,11 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
                     ("crows_gender", ("by_bias_type", "gender", "pct_stereotype"))],
     "stereoset": [("ss", ("all", "overall", "ss")), ("lms", ("all", "overall", "lms")),
                   ("icat", ("all", "overall", "icat"))],
-    "weat": [("weat6", ("tests", "weat6", "effect_size")), ("weat7", ("tests", "weat7", "effect_size")),
-             ("weat8", ("tests", "weat8", "effect_size"))],
+    "weat": [("weat6", ("weat6", "effect_size")), ("weat7", ("weat7", "effect_size")),
+             ("weat8", ("weat8", "effect_size"))],
     "bold_gas": [("bold_gas", ("gas",))],
-    "tpr_gap": [("accuracy", ("accuracy",)), ("rms_tpr_gap", ("rms_tpr_gap",))],
+    # fpr_gap: binary labels only (madlibs toxicity): the largest |FPR_g - FPR_all| over groups
+    "tpr_gap": [("accuracy", ("accuracy",)), ("rms_tpr_gap", ("tpr_gap_rms",)), ("fpr_gap", ("fpr_max_gap",))],
 }
 
 

@@ -62,6 +62,50 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     return summary
 
 
+def significance(runs: list[dict], reference: str = "vanilla") -> dict[str, dict[str, dict[str, float]]]:
+    """Welch's t-test over seeds of each method against ``reference``, per metric.
+
+    Returns ``{method: {metric: {"difference", "p_value"}}}``; needs 2+ seeds on both sides.
+    """
+    from scipy.stats import ttest_ind
+
+    grouped: dict[str, list[dict]] = defaultdict(list)
+    for run in runs:
+        grouped[run["method"]].append(run)
+    if reference not in grouped:
+        return {}
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for method, method_runs in grouped.items():
+        if method == reference:
+            continue
+        out[method] = {}
+        for name in metric_names(method_runs):
+            a = [value(r["metrics"][name]) for r in method_runs if r["metrics"].get(name) is not None]
+            b = [value(r["metrics"][name]) for r in grouped[reference] if r["metrics"].get(name) is not None]
+            if len(a) >= 2 and len(b) >= 2:
+                test = ttest_ind(a, b, equal_var=False)
+                out[method][name] = {"difference": float(np.mean(a) - np.mean(b)), "p_value": float(test.pvalue)}
+    return out
+
+
+def significance_markdown(table: dict[str, dict[str, dict[str, float]]], reference: str = "vanilla") -> str:
+    names = sorted({n for row in table.values() for n in row})
+    if not names:
+        return ""
+    lines = [f"Difference from {reference} (mean over seeds; Welch's t-test p-value, * p < 0.05):", "",
+             "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for method, row in table.items():
+        cells = []
+        for n in names:
+            if n in row:
+                star = "*" if row[n]["p_value"] < 0.05 else ""
+                cells.append(f"{row[n]['difference']:+.3f} (p={row[n]['p_value']:.2g}){star}")
+            else:
+                cells.append("-")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _cell(stats: dict[str, float] | None) -> str:
     if stats is None:
         return "-"
@@ -158,7 +202,8 @@ def write_report(results: dict, out_dir: str | Path, title: str = "crawd results
     if tradeoff and plot_tradeoff(results, out_dir / "tradeoff.png", *tradeoff):
         written.append(out_dir / "tradeoff.png")
         figures.append("![fairness versus utility](tradeoff.png)")
-    text = [f"# {title}", "", markdown_table(results), "", *figures]
+    text = [f"# {title}", "", markdown_table(results), "", significance_markdown(significance(results["runs"])),
+            "", *figures]
     if notes:
         text += ["", notes]
     written[1].write_text("\n".join(text) + "\n")

@@ -54,3 +54,5 @@ register_method(Method("base", None, "the pretrained model as it is, not fine-tu
 register_method(Method("vanilla", AdaptedModel, "plain fine-tuning with the same LoRA, no block"))
 register_method(Method("crawd", wrap, "CrAWD: decayed cross-attention to the sensitive reference sequence "
                                           "(mode='self': decayed self-attention to associated tokens)"))
+
+from crawd.methods import baselines  # noqa: F401  (registers the baselines)
