@@ -88,3 +88,31 @@ def shared_data_dir() -> Path | None:
     """The real datasets: $CRAWD_DATA_DIR, else ../shared/data beside the checkout."""
     candidate = Path(os.environ.get("CRAWD_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     return candidate if candidate.is_dir() else None
+
+
+def save_tiny_model(folder: Path, arch: str = "llama") -> Path:
+    """A tiny random model and the word tokenizer saved as a local transformers folder."""
+    tiny_model(arch).save_pretrained(folder)
+    make_tokenizer().save_pretrained(folder)
+    return folder
+
+
+CSV_TEXTS = (
+    "the nurse said that she works with the client",
+    "the engineer said that he studied in the city",
+    "he works as a doctor and she works as a teacher",
+    "the teacher said that they studied with her",
+    "she was a doctor",
+    "he is a nurse and his client is a woman",
+)
+
+
+def write_csv(path: Path, rows: int = 48) -> Path:
+    """A small CSV with the common columns (text, label, gender); texts of varied length."""
+    import pandas as pd
+
+    texts = [CSV_TEXTS[i % len(CSV_TEXTS)] for i in range(rows)]
+    labels = ["nurse" if i % 2 else "engineer" for i in range(rows)]
+    genders = ["female" if "she" in t or "her" in t else "male" for t in texts]
+    pd.DataFrame({"text": texts, "label": labels, "gender": genders}).to_csv(path, index=False)
+    return path

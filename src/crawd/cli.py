@@ -29,8 +29,44 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "model": "smollm2-135m", "data": "synthetic-bios", "task": "lm", "method": "crawd", "out": None,
     "top_k": 0.4, "decay": 0.2, "sensitive_words": "he,she", "groups": "", "head": "concat", "mode": "cross",
     "max_steps": 60, "seed": 0, "batch_size": 8, "learning_rate": 2e-4, "seq_len": 32, "save_steps": 20,
-    "data_dir": None, "trust_remote_code": False,
+    "data_dir": None, "trust_remote_code": False, "test_data": None, "dropout": 0.1, "lora_dropout": 0.1,
+    "bf16": False, "qlora": False,
 }
+PATH_KEYS = ("config", "model", "data", "test_data", "data_dir", "out")
+
+
+def check_cuda_options(values: dict[str, Any]) -> None:
+    """--bf16 and --qlora switch on only with a CUDA device (and bitsandbytes for QLoRA)."""
+    import importlib.util
+
+    import torch
+
+    if values.get("qlora"):
+        if not torch.cuda.is_available():
+            raise ValueError("--qlora needs a CUDA device and bitsandbytes; none found")
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ValueError("--qlora needs a CUDA device and bitsandbytes; bitsandbytes is not installed "
+                             "(pip install bitsandbytes)")
+    if values.get("bf16") and not torch.cuda.is_available():
+        raise ValueError("--bf16 needs a CUDA device; none found (train in float32 on CPU: drop --bf16)")
+
+
+def report_paths(values: dict[str, Any], config: Optional[Path]) -> dict[str, Any]:
+    """Resolve the file paths among ``values`` (relative to the current folder) and print each."""
+    values = dict(values)
+    shown = {"config": config, **values}
+    for key in PATH_KEYS:
+        value = shown.get(key)
+        if value is None or value == "":
+            continue
+        path = Path(str(value)).expanduser()
+        if key in ("model", "data") and not (path.exists() or str(value).startswith((".", "/", "~"))):
+            continue  # an alias, a hub id or a built-in dataset name
+        resolved = path.resolve()
+        if key != "config":
+            values[key] = str(resolved) if key != "out" else resolved
+        console.print(f"{key}: {resolved}", highlight=False, soft_wrap=True)
+    return values
 
 
 def read_yaml(path: str | Path, allowed: set[str]) -> dict[str, Any]:
@@ -63,7 +99,8 @@ def crawd_config(values: dict[str, Any]):
     from crawd.config import CrawdConfig
 
     return CrawdConfig(sensitive_words=values["sensitive_words"], groups=values.get("groups") or (),
-                       top_k=values["top_k"], decay=values["decay"], head=values["head"], mode=values["mode"])
+                       top_k=values["top_k"], decay=values["decay"], head=values["head"], mode=values["mode"],
+                       dropout=values.get("dropout", 0.1), lora_dropout=values.get("lora_dropout", 0.1))
 
 
 def train_settings(values: dict[str, Any], progress: bool = True):
@@ -71,7 +108,7 @@ def train_settings(values: dict[str, Any], progress: bool = True):
 
     return TrainSettings(max_steps=values["max_steps"], batch_size=values["batch_size"],
                          learning_rate=values["learning_rate"], seq_len=values["seq_len"], seed=values["seed"],
-                         save_steps=values["save_steps"], progress=progress)
+                         save_steps=values["save_steps"], bf16=bool(values.get("bf16")), progress=progress)
 
 
 @app.command()
@@ -95,6 +132,12 @@ def train(
     save_steps: Optional[int] = typer.Option(None, "--save-steps"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="folder of the shared datasets"),
     trust_remote_code: Optional[bool] = typer.Option(None, "--trust-remote-code/--no-trust-remote-code"),
+    test_data: Optional[str] = typer.Option(None, "--test-data", help="test split file (else part of --data)"),
+    dropout: Optional[float] = typer.Option(None, help="dropout of the CrAWD block (paper: 0.1)"),
+    lora_dropout: Optional[float] = typer.Option(None, "--lora-dropout", help="LoRA dropout (paper: 0.1)"),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 mixed precision (CUDA only)"),
+    qlora: Optional[bool] = typer.Option(None, "--qlora/--no-qlora",
+                                         help="4-bit base through bitsandbytes (CUDA only)"),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same keys as these flags"),
 ) -> None:
     """Fine-tune one model with one method; resumes from the newest checkpoint in --out."""
@@ -110,15 +153,21 @@ def train(
     chosen = get_method(values["method"])
     if not chosen.trains:
         raise ValueError(f"method {values['method']!r} trains nothing; use `crawd eval` for the base model")
+    check_cuda_options(values)
     cfg = crawd_config(values)
     settings = train_settings(values)
-    dataset = load_data(values["data"], data_dir=values["data_dir"])
+    values = report_paths(values, config)
+    if values["test_data"] and Path(values["data"]).suffix.lower() not in (".csv", ".jsonl", ".json", ".parquet"):
+        raise ValueError("--test-data goes with a --data file (csv, jsonl, json or parquet)")
+    extra = {"test": values["test_data"]} if values["test_data"] else {}
+    dataset = load_data(values["data"], data_dir=values["data_dir"], **extra)
     from transformers import set_seed
 
     set_seed(settings.seed)
     num_labels = dataset["train"].features["label"].num_classes if values["task"] == "classification" else None
     base, tokenizer = load_model(values["model"], values["task"], num_labels=num_labels,
-                                 trust_remote_code=bool(values["trust_remote_code"]))
+                                 trust_remote_code=bool(values["trust_remote_code"]),
+                                 quantize_4bit=bool(values["qlora"]))
     built = chosen.build(base, tokenizer, cfg)
     if chosen.transform:
         dataset = chosen.transform(dataset, cfg)
@@ -161,6 +210,74 @@ def demo(
     paths = write_report(results, out, "crawd demo: base vs vanilla vs CrAWD", tradeoff=("gas", "ppl"), notes=notes)
     print_results(results, "crawd demo (SmolLM2-135M, synthetic bios)", console)
     console.print(f"report: {', '.join(str(p) for p in paths)}  ({results['wall_seconds'] / 60:.1f} min)")
+
+
+COMPARE_KEYS = {"name", "model", "task", "data", "data_options", "data_dir", "benchmarks", "eval_options", "seeds",
+                "settings", "quick", "crawd", "methods", "tradeoff", "notes"}
+
+
+def expand_methods(entries: list[Any]) -> list[dict[str, Any]]:
+    """Method entries: a name, or {method, label, overrides}, or {method, grid: {field: [values]}}."""
+    import itertools
+
+    out = []
+    for entry in entries:
+        entry = {"method": entry} if isinstance(entry, str) else dict(entry)
+        grid = entry.pop("grid", None)
+        if not grid:
+            out.append(entry)
+            continue
+        keys = list(grid)
+        for combo in itertools.product(*(grid[k] for k in keys)):
+            overrides = {**entry.get("overrides", {}), **dict(zip(keys, combo))}
+            label = (entry.get("label") or entry["method"]) + "-" + "-".join(f"{k}{v}" for k, v in zip(keys, combo))
+            out.append({"method": entry["method"], "label": label, "overrides": overrides})
+    return out
+
+
+@app.command()
+def compare(
+    config: Path = typer.Option(..., help="YAML experiment file (see configs/)"),
+    out: Optional[Path] = typer.Option(None, help="report folder (default: runs/<name>)"),
+    quick: bool = typer.Option(False, help="the config's smoke-run budget"),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir", help="shared data folder"),
+) -> None:
+    """Methods x seeds on one task, trained and scored alike; one report with significance vs vanilla."""
+    from crawd.config import CrawdConfig
+    from crawd.data import load_data, resolve_data_dir
+    from crawd.experiment import RunSpec, run_experiment
+    from crawd.methods import get_method
+    from crawd.report import print_results, write_report
+    from crawd.train import TrainSettings
+
+    spec = read_yaml(config, COMPARE_KEYS)
+    settings_values = dict(spec.get("settings", {}))
+    seeds = spec.get("seeds", [0, 1, 2])
+    if quick:  # the quick section overrides seeds, data_options, eval_options and training settings
+        quick_values = dict(spec.get("quick", {}))
+        seeds = quick_values.pop("seeds", seeds[:1])
+        for key in ("data_options", "eval_options"):
+            spec[key] = {**spec.get(key, {}), **quick_values.pop(key, {})}
+        settings_values.update(quick_values)
+    settings = TrainSettings(**settings_values)
+    methods = expand_methods(spec.get("methods", ["vanilla", "crawd"]))
+    for entry in methods:
+        get_method(entry["method"])
+    data_dir = resolve_data_dir(data_dir or spec.get("data_dir"))
+    data = load_data(spec.get("data", "synthetic-bios"), data_dir=data_dir, **spec.get("data_options", {}))
+    runs = [RunSpec(m["method"], seed, m.get("overrides", {}), m.get("label")) for m in methods for seed in seeds]
+    name = spec.get("name", config.stem)
+    out = out or Path("runs") / (name + ("-quick" if quick else ""))
+    start = time.perf_counter()
+    results = run_experiment(spec.get("model", "smollm2-135m"), spec.get("task", "lm"), data, runs, out,
+                             CrawdConfig.from_dict(spec.get("crawd", {})), settings,
+                             spec.get("benchmarks", ["gas", "ppl"]), data_dir=data_dir,
+                             eval_options=spec.get("eval_options"), console=console)
+    results["wall_seconds"] = time.perf_counter() - start
+    tradeoff = tuple(spec["tradeoff"]) if spec.get("tradeoff") else None
+    write_report(results, out, f"crawd compare: {name}", tradeoff=tradeoff, notes=spec.get("notes", ""))
+    print_results(results, f"crawd compare: {name}", console)
+    console.print(f"report: {out / 'report.md'}  ({results['wall_seconds'] / 60:.1f} min)")
 
 
 @app.command("eval")

@@ -67,6 +67,7 @@ def load_model(
     *,
     trust_remote_code: bool = False,
     cache_dir: str | None = None,
+    quantize_4bit: bool = False,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model and its tokenizer, float32, in eval mode.
 
@@ -80,6 +81,9 @@ def load_model(
         cache_dir: where converted aliases are stored and hub downloads go.
             None: ``default_cache_dir()`` for aliases, the usual Hugging Face
             cache for hub ids.
+        quantize_4bit: QLoRA: load the base in 4-bit NF4 through bitsandbytes
+            (bfloat16 compute) on this process's CUDA device and prepare it for
+            k-bit training; needs CUDA and bitsandbytes, else a ValueError.
 
     Raises:
         ValueError: bad task / num_labels, a folder without ``config.json``, or
@@ -97,6 +101,8 @@ def load_model(
     source = _resolve(name, cache_dir)
     kwargs = {"trust_remote_code": trust_remote_code, "cache_dir": cache_dir}  # cache_dir: used for hub ids only
     model_kwargs = {"num_labels": num_labels} if task == "classification" else {}
+    if quantize_4bit:
+        model_kwargs.update(_four_bit_kwargs())
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
         model = _TASKS[task].from_pretrained(source, dtype=torch.float32, **model_kwargs, **kwargs)
@@ -105,13 +111,34 @@ def load_model(
         raise FileNotFoundError(
             f"could not load {name!r} from the Hugging Face hub or a local folder: {reason}"
         ) from err
+    except ValueError as err:  # a config.json transformers cannot read, no usable tokenizer files, ...
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise ValueError(f"{name} is not a usable transformers model (config or tokenizer): {reason}") from err
 
+    if quantize_4bit:
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
     if model.config.pad_token_id is None:  # decoder classifiers need it to find the last token
         model.config.pad_token_id = tokenizer.pad_token_id
     return model.eval(), tokenizer
+
+
+def _four_bit_kwargs() -> dict:
+    """``from_pretrained`` arguments of a 4-bit NF4 base on this process's GPU (QLoRA)."""
+    if not torch.cuda.is_available():
+        raise ValueError("--qlora needs a CUDA device and bitsandbytes; none found")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ValueError("--qlora needs a CUDA device and bitsandbytes; bitsandbytes is not installed "
+                         "(pip install bitsandbytes)")
+    from transformers import BitsAndBytesConfig
+
+    quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                      bnb_4bit_compute_dtype=torch.bfloat16)
+    return {"quantization_config": quantization, "device_map": {"": int(os.environ.get("LOCAL_RANK", 0))}}
 
 
 def model_kind(model: PreTrainedModel) -> Literal["decoder", "encoder"]:

@@ -7,7 +7,12 @@ What crawd adds to the stock Trainer:
   a staging folder and renamed into place: a kill mid-write never leaves a
   ``checkpoint-N`` that resume would pick up;
 - a run resumes automatically from the newest complete checkpoint in its folder;
-- a NaN or infinite loss stops the run with the step named; earlier checkpoints stay.
+- a NaN or infinite loss stops the run with the step named; earlier checkpoints stay;
+- the loss is normalised by the number of targets over all processes and accumulation
+  steps, so ``accelerate launch`` on N processes trains the same model as one process
+  with the same global batch (up to float rounding);
+- an unwritable output folder, or one on a disk too full for the checkpoints, is an
+  error before training starts.
 """
 
 from __future__ import annotations
@@ -61,8 +66,13 @@ class TrainResult:
     loss_history: list[dict[str, float]]
 
 
-def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, seq_len: int) -> Dataset:
-    """Token ids (truncated to ``seq_len``) and labels for ``task``; other columns dropped."""
+def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, seq_len: int,
+             sensitive: list[int] | None = None) -> Dataset:
+    """Token ids (truncated to ``seq_len``) and labels for ``task``; other columns dropped.
+
+    ``sensitive``: one integer id per row (the sensitive attribute, for models that
+    ask for it, e.g. the adversarial baseline), kept as column ``sensitive_labels``.
+    """
 
     def encode(rows: dict[str, list]) -> dict[str, list]:
         enc = tokenizer(rows["text"], truncation=True, max_length=seq_len)
@@ -70,7 +80,8 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, se
             enc["labels"] = rows["label"]
         return enc
 
-    return dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
+    out = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
+    return out if sensitive is None else out.add_column("sensitive_labels", list(sensitive))
 
 
 class Collator:
@@ -82,7 +93,10 @@ class Collator:
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = "right"
         labels = [f.pop("labels") for f in features] if self.task == "classification" else None
+        sensitive = [f.pop("sensitive_labels") for f in features] if "sensitive_labels" in features[0] else None
         enc = self.tokenizer.pad(features, return_tensors="pt")
+        if sensitive is not None:
+            enc["sensitive_labels"] = torch.tensor(sensitive, dtype=torch.long)
         if self.task == "lm":
             enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
         else:
@@ -92,6 +106,29 @@ class Collator:
 
 class CrawdTrainer(Trainer):
     """The stock Trainer with adapter-only, atomic checkpoints and a finite-loss guard."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The Trainer counts the loss's targets over all processes and accumulation steps
+        # (num_items_in_batch); crawd's causal-LM loss shifts the labels inside the model,
+        # so the count must skip position 0 as it does for transformers' own causal LMs.
+        self._loss_shifts_labels = getattr(self.accelerator.unwrap_model(self.model), "task", None) == "lm"
+
+    def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
+                     num_items_in_batch: Any = None) -> Any:
+        """The model's mean loss, reweighted to (sum over this batch) / (targets in the global batch).
+
+        The stock Trainer multiplies by the number of processes (DDP averages the
+        gradients) and does not divide by the accumulation steps, because it expects
+        a model that sums its loss and divides by ``num_items_in_batch``; crawd's
+        models return a mean, so it is rescaled here by local / global target counts.
+        """
+        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
+        labels = inputs.get("labels")
+        if self.model_accepts_loss_kwargs and num_items_in_batch is not None and labels is not None:
+            targets = labels[..., 1:] if self._loss_shifts_labels else labels
+            loss = loss * targets.ne(-100).sum().to(loss.device) / num_items_in_batch
+        return (loss, outputs) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.args.should_save:
@@ -115,6 +152,8 @@ class CrawdTrainer(Trainer):
             super()._save_checkpoint(model, trial)
         finally:
             del self._get_output_dir
+        _test_pause(self.state.global_step)
+        self.accelerator.wait_for_everyone()  # every process has written its RNG state into staging/
         if self.args.should_save:
             for path in (staging / name).rglob("*"):
                 if path.is_file():
@@ -126,6 +165,7 @@ class CrawdTrainer(Trainer):
             shutil.rmtree(staging)
             for old in sorted(run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
                 shutil.rmtree(old)
+        self.accelerator.wait_for_everyone()  # no process runs ahead while the rename happens
 
     def training_step(self, model: torch.nn.Module, inputs: dict, num_items_in_batch: Any = None) -> torch.Tensor:
         loss = super().training_step(model, inputs, num_items_in_batch)
@@ -138,15 +178,52 @@ class CrawdTrainer(Trainer):
         return loss
 
 
+def _test_pause(step: int) -> None:
+    """Test hook: ``CRAWD_TEST_CHECKPOINT_PAUSE="STEP:SECONDS"`` sleeps after checkpoint STEP is
+    staged and before it is renamed into place, so a test can kill the run mid-write."""
+    spec = os.environ.get("CRAWD_TEST_CHECKPOINT_PAUSE")
+    if spec:
+        at, _, seconds = spec.partition(":")
+        if int(at) == step:
+            time.sleep(float(seconds or 60))
+
+
 def check_writable(out_dir: Path) -> None:
     """Fail before training if ``out_dir`` cannot be written."""
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / ".write-test"
+        probe = out_dir / f".write-test-{os.getpid()}"  # one per process: ranks probe at once
         probe.write_bytes(b"0" * 4096)
         probe.unlink()
     except OSError as err:
         raise OSError(f"cannot write to output folder {out_dir}: {err.strerror or err}") from None
+
+
+def checkpoint_bytes(model: torch.nn.Module) -> int:
+    """Rough size of one checkpoint: the trained weights plus AdamW's two moments (float32)."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return 3 * 4 * trained + (1 << 20)  # + 1 MiB of JSON, scheduler, RNG and trainer state
+
+
+def check_free_space(out_dir: Path, model: torch.nn.Module, settings: "TrainSettings") -> None:
+    """Fail before training if ``out_dir``'s disk cannot hold the checkpoints and the adapter.
+
+    Up to three checkpoints exist at once (two kept, one being staged) plus the final
+    adapter (a third of a checkpoint); half of that again is kept as a margin.
+    """
+    one = checkpoint_bytes(model)
+    saves = min(3, settings.max_steps // max(settings.save_steps, 1))
+    needed = int(1.5 * (saves * one + one // 3))
+    free = shutil.disk_usage(out_dir).free
+    if free < needed:
+        raise OSError(f"not enough free disk space for output folder {out_dir}: {free / 2**20:.1f} MiB free, "
+                      f"about {needed / 2**20:.1f} MiB needed for checkpoints and the adapter")
+
+
+def check_devices(settings: "TrainSettings") -> None:
+    """bf16 is a CUDA option here: fail clearly when no CUDA device is present."""
+    if settings.bf16 and not torch.cuda.is_available():
+        raise ValueError("--bf16 needs a CUDA device; none found (train in float32 on CPU: drop --bf16)")
 
 
 def train(
@@ -162,12 +239,16 @@ def train(
     """
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)
+    check_devices(settings)
     check_writable(out_dir)
+    check_free_space(out_dir, model, settings)
     shutil.rmtree(out_dir / STAGING, ignore_errors=True)  # a checkpoint killed mid-write
     train_set = data["train"] if isinstance(data, DatasetDict) else data
     if len(train_set) == 0:
         raise ValueError("the training split is empty")
-    tokenized = tokenize(train_set, tokenizer, model.task, settings.seq_len)
+    column = getattr(model, "sensitive_column", None)  # a model that trains on the sensitive attribute
+    sensitive = model.sensitive_ids(list(train_set[column])) if column else None
+    tokenized = tokenize(train_set, tokenizer, model.task, settings.seq_len, sensitive)
     args = TrainingArguments(
         output_dir=str(out_dir),
         max_steps=settings.max_steps,
