@@ -67,6 +67,8 @@ BENCH_OPTIONS: dict[str, str] = {
     "device": "cpu, cuda, cuda:1 ... (default: cuda when available, else cpu)",
     "dtype": "float32, bfloat16, float16 (default: float32 on CPU, bfloat16 on CUDA)",
     "threads": "torch CPU threads (default 2)",
+    "timer": "clock of the step times: 'wall' (default) or 'cpu' (this process's CPU time, robust to other "
+             "processes on a shared machine; use it with threads=1)",
     "compile": "torch.compile the CrAWD block (default False)",
     "ffn_dims": "FFN widths for the parameter table (default: 1, d/4, d, 4d)",
     "seed": "seed of the random batch and the block's initialisation (default 0)",
@@ -232,23 +234,30 @@ def _trainable(model) -> list[torch.nn.Parameter]:
 
 
 # ---- timing -----------------------------------------------------------------------------
+def _clock(timer: str) -> Callable[[], float]:
+    if timer not in ("wall", "cpu"):
+        raise ValueError(f"timer must be 'wall' or 'cpu', got {timer!r}")
+    return time.perf_counter if timer == "wall" else time.process_time
+
+
 class _Trainer:
     """One model, its optimizer and one full training step."""
 
-    def __init__(self, model, device: torch.device) -> None:
+    def __init__(self, model, device: torch.device, timer: str = "wall") -> None:
         self.model = model.train()
+        self.clock = _clock(timer)
         self.device = device
         self.opt = torch.optim.AdamW(_trainable(model), lr=1e-5)
 
     def step(self, ids: torch.Tensor, mask: torch.Tensor) -> float:
         _sync(self.device)
-        start = time.perf_counter()
+        start = self.clock()
         loss = self.model(input_ids=ids, attention_mask=mask, labels=ids).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         _sync(self.device)
-        return time.perf_counter() - start
+        return self.clock() - start
 
 
 def _interleave(runs: dict[str, Callable[[], float]], repeats: int, warmup: int,
@@ -262,8 +271,9 @@ def _interleave(runs: dict[str, Callable[[], float]], repeats: int, warmup: int,
     for r in range(repeats):
         for name in (order if r % 2 == 0 else order[::-1]):
             times[name].append(runs[name]())
+        unit = " tokens/s" if label == "generate" else " s"
         _log(verbose, f"{label} round {r + 1}/{repeats}: "
-             + ", ".join(f"{k} {v[-1]:.3f}s" for k, v in times.items()))
+             + ", ".join(f"{k} {v[-1]:.3f}{unit}" for k, v in times.items()))
     return times
 
 
@@ -282,26 +292,28 @@ def _batch(batch: int, seq_len: int, vocab_size: int, device: torch.device, seed
 
 def time_training(models: dict[str, Any], batch: int, seq_len: int, vocab_size: int, device: torch.device,
                   repeats: int, warmup: int, seed: int = 0, verbose: bool = False,
-                  trainers: dict[str, _Trainer] | None = None) -> dict[str, list[float]]:
+                  trainers: dict[str, _Trainer] | None = None, timer: str = "wall") -> dict[str, list[float]]:
     """Per-step times of every model on the same fixed batch, interleaved."""
     ids, mask = _batch(batch, seq_len, vocab_size, device, seed)
-    trainers = trainers or {k: _Trainer(m, device) for k, m in models.items()}
+    trainers = trainers or {k: _Trainer(m, device, timer) for k, m in models.items()}
     runs = {k: (lambda t=t: t.step(ids, mask)) for k, t in trainers.items()}
     return _interleave(runs, repeats, warmup, verbose, f"train B={batch} n={seq_len}")
 
 
 def time_generation(models: dict[str, Any], tokens: int, prompt_len: int, gen_batch: int, vocab_size: int,
-                    device: torch.device, repeats: int, seed: int = 0, verbose: bool = False) -> dict[str, list[float]]:
+                    device: torch.device, repeats: int, seed: int = 0, verbose: bool = False,
+                    timer: str = "wall") -> dict[str, list[float]]:
     """Tokens per second of greedy cached generation, interleaved (one warm-up run each)."""
     ids, mask = _batch(gen_batch, prompt_len, vocab_size, device, seed + 7)
+    clock = _clock(timer)
 
     def run(model) -> float:
         _sync(device)
-        start = time.perf_counter()
+        start = clock()
         out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=tokens, eos_token_id=-1)
         _sync(device)
         assert out.shape[1] == prompt_len + tokens
-        return gen_batch * tokens / (time.perf_counter() - start)
+        return gen_batch * tokens / (clock() - start)
 
     for m in models.values():
         m.eval()
@@ -454,6 +466,7 @@ def run_bench(
     ffn_dims: Sequence[int] | None = None,
     seed: int = 0,
     verbose: bool = True,
+    timer: str = "wall",
 ) -> dict[str, Any]:
     """Measure CrAWD's overhead against vanilla LoRA; options in :data:`BENCH_OPTIONS`.
 
@@ -473,13 +486,13 @@ def run_bench(
     try:
         return _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_tokens, gen_repeats,
                           gen_prompt_len, gen_batch, memory, mem_steps, device, dtype, random_config, compile,
-                          ffn_dims, seed, verbose)
+                          ffn_dims, seed, verbose, timer)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_tokens, gen_repeats, gen_prompt_len,
-               gen_batch, memory, mem_steps, device, dtype, random_config, compile, ffn_dims, seed, verbose):
+               gen_batch, memory, mem_steps, device, dtype, random_config, compile, ffn_dims, seed, verbose, timer):
     t_start = time.perf_counter()
     dev = _resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
@@ -502,14 +515,16 @@ def _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_token
                 "batch": batch, "seq_len": seq_len, "ref_len": m, "repeats": repeats, "warmup": warmup,
                 "gen_tokens": gen_tokens, "gen_repeats": gen_repeats, "gen_prompt_len": gen_prompt_len,
                 "gen_batch": gen_batch, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
-                "threads": torch.get_num_threads(), "compile": compile, "base_parameters": base_total}
+                "threads": torch.get_num_threads(), "compile": compile, "base_parameters": base_total,
+                "timer": timer}
     _log(verbose, f"training: {len(variants)} models, B={batch} n={seq_len} m={m}, {warmup} warm-up + {repeats} rounds")
-    train = time_training(variants, batch, seq_len, vocab, dev, repeats, warmup, seed, verbose)
+    train = time_training(variants, batch, seq_len, vocab, dev, repeats, warmup, seed, verbose, timer=timer)
 
     gen = None
     if gen_tokens > 0:
         _log(verbose, f"generation: {gen_tokens} tokens, {gen_repeats} rounds")
-        gen = time_generation(variants, gen_tokens, gen_prompt_len, gen_batch, vocab, dev, gen_repeats, seed, verbose)
+        gen = time_generation(variants, gen_tokens, gen_prompt_len, gen_batch, vocab, dev, gen_repeats, seed, verbose,
+                              timer)
 
     del variants
     gc.collect()
@@ -571,7 +586,8 @@ def _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_token
 def run_scaling(model: str = "smollm2-135m", seq_lens: Sequence[int] = (32, 128, 512),
                 ref_lens: Sequence[int] = (2, 21, 64), head: str = "residual", batch: int = 8, repeats: int = 3,
                 warmup: int = 1, device: str | None = None, dtype: str | None = None, threads: int | None = 2,
-                random_config: str | dict | None = None, seed: int = 0, verbose: bool = True) -> dict[str, Any]:
+                random_config: str | dict | None = None, seed: int = 0, verbose: bool = True,
+                timer: str = "wall") -> dict[str, Any]:
     """Step-time ratio CrAWD / vanilla for every (n, m): one vanilla and one CrAWD model, reused."""
     t_start = time.perf_counter()
     previous_threads = torch.get_num_threads()
@@ -579,13 +595,13 @@ def run_scaling(model: str = "smollm2-135m", seq_lens: Sequence[int] = (32, 128,
         torch.set_num_threads(threads)
     try:
         return _run_scaling(model, seq_lens, ref_lens, head, batch, repeats, warmup, device, dtype, random_config,
-                            seed, verbose, t_start)
+                            seed, verbose, t_start, timer)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_scaling(model, seq_lens, ref_lens, head, batch, repeats, warmup, device, dtype, random_config, seed,
-                 verbose, t_start):
+                 verbose, t_start, timer):
     dev = _resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
     base, tok = load_base(model, random_config, dev, dt, seed)
@@ -594,7 +610,7 @@ def _run_scaling(model, seq_lens, ref_lens, head, batch, repeats, warmup, device
     ours = build_variant(base, tok, head, seed=seed)
     del base
     gc.collect()
-    trainers = {"vanilla": _Trainer(vanilla, dev), head: _Trainer(ours, dev)}
+    trainers = {"vanilla": _Trainer(vanilla, dev, timer), head: _Trainer(ours, dev, timer)}
     cells = []
     for n in seq_lens:
         for m in ref_lens:
@@ -606,7 +622,7 @@ def _run_scaling(model, seq_lens, ref_lens, head, batch, repeats, warmup, device
     return {"machine": machine_info(dev), "versions": versions(),
             "settings": {"model": model if random_config is None else f"random:{random_config}", "head": head,
                          "batch": batch, "repeats": repeats, "warmup": warmup, "device": str(dev),
-                         "dtype": str(dt).replace("torch.", ""), "threads": torch.get_num_threads()},
+                         "dtype": str(dt).replace("torch.", ""), "threads": torch.get_num_threads(), "timer": timer},
             "cells": cells, "seconds": time.perf_counter() - t_start}
 
 
@@ -639,7 +655,7 @@ def format_bench(result: dict[str, Any]) -> str:
         "versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
         f"setting : {s['model']} ({s['base_parameters'] / 1e6:.1f}M params), {s['device']} {s['dtype']}, "
         f"batch {s['batch']} x {s['seq_len']} tokens, reference m = {s['ref_len']}, "
-        f"{s['warmup']} warm-up + {s['repeats']} timed rounds; generation {s['gen_tokens']} tokens x "
+        f"{s['warmup']} warm-up + {s['repeats']} timed rounds ({s.get('timer', 'wall')} clock); generation {s['gen_tokens']} tokens x "
         f"{s['gen_repeats']} rounds (batch {s['gen_batch']}, prompt {s['gen_prompt_len']})",
         "",
         _table(["ratio", "head", "min", "median", "max", "target", "met"],
@@ -692,5 +708,5 @@ def format_scaling(result: dict[str, Any]) -> str:
                             if (n, m) in get else "-" for m in ms] for n in ns]
     s = result["settings"]
     return (f"step-time ratio {s['head']} / vanilla, {s['model']}, batch {s['batch']}, {s['device']} {s['dtype']}, "
-            f"{s['repeats']} rounds (median [min-max of per-round ratios])\n"
+            f"{s['repeats']} rounds, {s.get('timer', 'wall')} clock (median [min-max of per-round ratios])\n"
             + _table(["", *[f"m = {m}" for m in ms]], rows))

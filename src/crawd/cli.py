@@ -265,7 +265,8 @@ def compare(
         get_method(entry["method"])
     data_dir = resolve_data_dir(data_dir or spec.get("data_dir"))
     data = load_data(spec.get("data", "synthetic-bios"), data_dir=data_dir, **spec.get("data_options", {}))
-    runs = [RunSpec(m["method"], seed, m.get("overrides", {}), m.get("label")) for m in methods for seed in seeds]
+    # seed-major order: an interrupted comparison holds every method for the seeds it finished
+    runs = [RunSpec(m["method"], seed, m.get("overrides", {}), m.get("label")) for seed in seeds for m in methods]
     name = spec.get("name", config.stem)
     out = out or Path("runs") / (name + ("-quick" if quick else ""))
     start = time.perf_counter()
@@ -283,7 +284,8 @@ def compare(
 @app.command("eval")
 def evaluate_cmd(
     model: str = typer.Option(..., help="alias, local folder or hub id"),
-    adapter: Optional[Path] = typer.Option(None, help="a folder written by save_pretrained / crawd train"),
+    adapter: Optional[list[Path]] = typer.Option(None, help="adapter folder(s) (save_pretrained / crawd train); repeatable"),
+    with_base: bool = typer.Option(True, "--base/--no-base", help="also score the base model alone"),
     benchmarks: str = typer.Option("crows_pairs,stereoset,weat,gas,pronoun_skew", help="comma-separated"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
     data: str = typer.Option("synthetic-bios", help="dataset for ppl / tpr_gap (its test split)"),
@@ -291,7 +293,7 @@ def evaluate_cmd(
     out: Path = typer.Option(Path("eval-out")),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code/--no-trust-remote-code"),
 ) -> None:
-    """Score a base model, or a base plus adapter, on the bias benchmarks."""
+    """Score a base model and/or base + adapters on the bias benchmarks; one report for all."""
     import crawd
     from crawd.data import load_data, resolve_data_dir
     from crawd.experiment import evaluate
@@ -303,19 +305,24 @@ def evaluate_cmd(
     unknown = [b for b in names if b not in BENCHMARKS]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    adapters = list(adapter or [])
+    for folder in adapters:
+        crawd.serialization.read_adapter(folder)  # fail before any scoring
     dataset = load_data(data, data_dir=data_dir)
     num_labels = dataset["train"].features["label"].num_classes if task == "classification" else None
-    base, tokenizer = load_model(model, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
-    scored = crawd.load(base, tokenizer, adapter) if adapter else base
-    scores = evaluate(scored, tokenizer, task, names, dataset, resolve_data_dir(data_dir))
-    label = f"{model}+{adapter.name}" if adapter else model
-    results = {"model": model, "adapter": str(adapter) if adapter else None,
-               "runs": [{"method": label, "seed": 0, **scores}]}
-    for name, entry in scores["benchmarks"].items():
-        detail = f"{entry['seconds']:.1f} s" if entry["status"] == "ok" else f"skipped: {entry['reason']}"
-        console.print(f"  {name}: {detail}")
-    write_report(results, out, f"crawd eval: {label}")
-    print_results(results, f"crawd eval: {label}", console)
+    results: dict[str, Any] = {"model": model, "adapters": [str(a) for a in adapters], "runs": []}
+    for folder in ([None] if with_base or not adapters else []) + adapters:
+        base, tokenizer = load_model(model, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        scored = crawd.load(base, tokenizer, folder) if folder else base
+        label = "base" if folder is None else (folder.parent.name if folder.name == "adapter" else folder.name)
+        console.rule(label)
+        scores = evaluate(scored, tokenizer, task, names, dataset, resolve_data_dir(data_dir))
+        for name, entry in scores["benchmarks"].items():
+            detail = f"{entry['seconds']:.1f} s" if entry["status"] == "ok" else f"skipped: {entry['reason']}"
+            console.print(f"  {name}: {detail}")
+        results["runs"].append({"method": label, "seed": 0, **scores})
+    write_report(results, out, f"crawd eval: {model}")
+    print_results(results, f"crawd eval: {model}", console)
     console.print(f"report: {out / 'report.md'}")
 
 

@@ -31,7 +31,7 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "ppl": [("ppl", ("perplexity",))],
     "pronoun_skew": [("pronoun_skew", ("pronoun_skew",)), ("pronoun_bls_r", ("bls_correlation",))],
     "crows_pairs": [("crows_pct_stereo", ("pct_stereotype",)),
-                    ("crows_gender", ("by_bias_type", "gender", "pct_stereotype"))],
+                    ("crows_gender", ("by_bias_type", "gender"))],
     "stereoset": [("ss", ("all", "overall", "ss")), ("lms", ("all", "overall", "lms")),
                   ("icat", ("all", "overall", "icat"))],
     "weat": [("weat6", ("weat6", "effect_size")), ("weat7", ("weat7", "effect_size")),

@@ -165,6 +165,15 @@ def plot_metrics(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _spread(stats: dict[str, float]) -> Any:
+    """Error bar: the spread over seeds, else the 95% CI of the single run (None without either)."""
+    if stats["seeds"] > 1:
+        return stats["std"]
+    if math.isnan(stats["ci_low"]):
+        return None
+    return [[stats["mean"] - stats["ci_low"]], [stats["ci_high"] - stats["mean"]]]
+
+
 def plot_tradeoff(results: dict, path: Path, fairness: str, utility: str) -> bool:
     """Fairness (y) against utility (x), one point per method with error bars; Pareto front marked."""
     summary = {m: s for m, s in summarise(results["runs"]).items() if fairness in s and utility in s}
@@ -174,15 +183,39 @@ def plot_tradeoff(results: dict, path: Path, fairness: str, utility: str) -> boo
     points = []
     for i, (method, stats) in enumerate(summary.items()):
         x, y = stats[utility], stats[fairness]
-        ax.errorbar(x["mean"], y["mean"], xerr=x["std"] or None, yerr=y["std"] or None, fmt="o",
+        ax.errorbar(x["mean"], y["mean"], xerr=_spread(x), yerr=_spread(y), fmt="o",
                     color=plt.cm.tab10(i), capsize=3, label=method)
         points.append((method, DIRECTION.get(utility, 1) * x["mean"], DIRECTION.get(fairness, -1) * y["mean"]))
     front = [p for p in points if not any(q[1] >= p[1] and q[2] >= p[2] and q != p for q in points)]
     front.sort(key=lambda p: p[1])
     ax.plot([summary[p[0]][utility]["mean"] for p in front], [summary[p[0]][fairness]["mean"] for p in front],
-            "--", color="grey", label="Pareto front")
+            "--o", color="grey", markerfacecolor="none", markersize=14, label="Pareto front")
     ax.set_xlabel(utility + {1: " ↑", -1: " ↓"}.get(DIRECTION.get(utility, 0), ""))
     ax.set_ylabel(fairness + {1: " ↑", -1: " ↓"}.get(DIRECTION.get(fairness, 0), ""))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def plot_crows_groups(results: dict, path: Path) -> bool:
+    """Per-group bars: CrowS-Pairs pct_stereotype per bias type and model (ideal 50), with 95% CIs."""
+    runs = [r for r in results["runs"] if r.get("benchmarks", {}).get("crows_pairs", {}).get("status") == "ok"]
+    if not runs:
+        return False
+    types = sorted(runs[0]["benchmarks"]["crows_pairs"]["result"]["by_bias_type"])
+    width = 0.8 / len(runs)
+    fig, ax = plt.subplots(figsize=(1.1 * len(types) + 2, 3.6))
+    for i, run in enumerate(runs):
+        groups = run["benchmarks"]["crows_pairs"]["result"]["by_bias_type"]
+        means = np.array([groups[t]["value"] for t in types])
+        err = np.array([[groups[t]["value"] - groups[t]["ci_low"], groups[t]["ci_high"] - groups[t]["value"]]
+                        for t in types]).T
+        ax.bar(np.arange(len(types)) + i * width, means, width, yerr=err, capsize=2, label=run["method"])
+    ax.axhline(50, color="grey", linestyle="--", linewidth=1)
+    ax.set_xticks(np.arange(len(types)) + width * (len(runs) - 1) / 2, types, rotation=30, fontsize=8)
+    ax.set_ylabel("CrowS-Pairs % stereotype (50 ideal)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -202,6 +235,9 @@ def write_report(results: dict, out_dir: str | Path, title: str = "crawd results
     if tradeoff and plot_tradeoff(results, out_dir / "tradeoff.png", *tradeoff):
         written.append(out_dir / "tradeoff.png")
         figures.append("![fairness versus utility](tradeoff.png)")
+    if plot_crows_groups(results, out_dir / "crows_groups.png"):
+        written.append(out_dir / "crows_groups.png")
+        figures.append("![CrowS-Pairs per bias type](crows_groups.png)")
     text = [f"# {title}", "", markdown_table(results), "", significance_markdown(significance(results["runs"])),
             "", *figures]
     if notes:

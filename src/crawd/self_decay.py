@@ -64,15 +64,42 @@ Why this scoring (and why it is not trained):
     corpus co-occurrence statistic with the sensitive words (which would rank "nurse"
     high and decay the occupation-to-pronoun path), without touching the rest.
 
+Contextual scoring (``self_scoring="contextual"``, issue 8). The same cross-attention, but
+over the base's hidden states at a score layer L_s instead of static embeddings, so that a
+word the MODEL associates with one gender in context ("nurse", "engineer") can score high:
+       z_i      = (h_i - mu) / sigma, h_i the state of token i entering layer L_s; mu, sigma
+                  the per-dimension mean and spread of the states of a neutral calibration
+                  text (``CALIBRATION_TEXT``, start token and first token left out): without
+                  this whitening a few outlier dimensions and the first-position state decide
+                  the ranking (in SmolLM2 "The" scored top in 56 of 56 prompts)
+       r_s      = whitened state of reference word s after a neutral context ("The person
+                  said that she"), minus the mean over the reference words (m = 2: r_she =
+                  -r_he = (z_she - z_he) / 2, the gender direction), unit norm
+       beta_i   = softmax_s( cos(z_i, r_s) / T );  score_i = max_s beta_is  (m = 1: |cos|)
+   For m = 2 the score ranks tokens by |cos(z_i, z_she - z_he)|. L_s must not come after the
+   first decayed layer (default: first decayed - ceil(L / 10), 17 for SmolLM2's default 20-29):
+   a forward pre-hook on layer L_s computes the scores of the new positions INSIDE the same
+   pass, prepends the cached positions' scores (kept on the KV cache as in the embedding
+   case), and fills in the selection that the decayed layers, which run later, read. A
+   causal state at L_s depends on its prefix only, so cached generation equals full
+   recomputation. The reference states and mu, sigma are fixed at wrapping time (base
+   weights, adapter off); the token states come from the running model, so they follow
+   LoRA while it trains. Cost: no extra pass, one (n x d) whitening and cosine per forward.
+
 Options (``CrawdConfig.extra``): ``self_temperature`` (T, default 0.1),
 ``self_isotropy_pcs`` (principal directions removed, default 1), ``self_exclude_special``
-(special tokens are never decayed, default True: BOS is the usual attention sink).
+(special tokens are never decayed, default True: BOS is the usual attention sink),
+``self_scoring`` ("embedding", default, or "contextual"), ``self_score_layer`` (L_s, None:
+default above), ``self_reference_context`` (text before each reference word, default
+"The person said that"), ``self_calibration_text`` (None: ``CALIBRATION_TEXT``). See
+docs/self-mode-study.md for the measured effect of each scoring on SmolLM2-135M.
 """
 
 from __future__ import annotations
 
 import math
 import sys
+from contextlib import nullcontext as _nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +113,7 @@ from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_
 from crawd.adapted import AdaptedModel
 from crawd.block import topk_mask
 from crawd.config import CrawdConfig
-from crawd.sensitive import reference_ids
+from crawd.sensitive import reference_ids, word_token_ids
 
 #: keyword argument that carries the bias from ``encode`` down to the attention functions
 BIAS_KWARG = "crawd_self_decay"
@@ -94,7 +121,22 @@ BIAS_KWARG = "crawd_self_decay"
 CACHE_ATTR = "_crawd_self_decay_scores"
 #: attention implementations this mode wraps, and the registered names of the wrappers
 WRAPPED = {"sdpa": "crawd_sdpa", "eager": "crawd_eager"}
-EXTRA_DEFAULTS = {"self_temperature": 0.1, "self_isotropy_pcs": 1, "self_exclude_special": True}
+EXTRA_DEFAULTS = {"self_temperature": 0.1, "self_isotropy_pcs": 1, "self_exclude_special": True,
+                  "self_scoring": "embedding", "self_score_layer": None,
+                  "self_reference_context": "The person said that", "self_calibration_text": None}
+SCORINGS = ("embedding", "contextual")
+#: neutral text (no gendered word) whose hidden states give the per-dimension mean and spread used to
+#: whiten contextual scores; ``self_calibration_text`` replaces it
+CALIBRATION_TEXT = (
+    "The city council met on Tuesday to discuss the new budget for roads and public parks. "
+    "Several residents asked about the schedule of the buses and the cost of the repairs. "
+    "In the afternoon the weather changed, and a light rain fell over the market square. "
+    "The report explains how the water system works, which parts are old, and what the plan "
+    "will cost over the next ten years. A small team of workers started the project last month. "
+    "Students in the science class measured the temperature of the lake every morning and wrote "
+    "the results in a table. The museum opens at nine and closes at five, except on holidays. "
+    "Fresh bread, cheese and fruit were sold at the stalls near the station."
+)
 
 
 @dataclass
@@ -103,9 +145,10 @@ class DecayBias:
 
     ``selected`` is (B, 1, q, T): True where a query (one of the q new positions) gives a
     decayed weight to a key (one of the T positions so far); the diagonal is already False.
+    With contextual scoring it is None until the hook on the score layer has filled it in.
     """
 
-    selected: torch.Tensor
+    selected: torch.Tensor | None
     decay: float
     layers: frozenset[int]
 
@@ -116,6 +159,8 @@ class DecayBias:
             return mask
         q_len, kv_len = query.shape[-2], key.shape[-2]
         selected = self.selected
+        if selected is None:
+            raise RuntimeError("mode='self': a decayed layer ran before the contextual scores were computed")
         if selected.shape[-2] != q_len or selected.shape[-1] < kv_len:
             raise ValueError(
                 f"mode='self': the attention sees {q_len} queries and {kv_len} keys but the decay was built "
@@ -171,6 +216,11 @@ def default_layers(num_layers: int) -> tuple[int, ...]:
     return tuple(range(num_layers - math.ceil(num_layers / 3), num_layers))
 
 
+def default_score_layer(num_layers: int, first_decayed: int) -> int:
+    """Contextual scoring reads the states entering layer first_decayed - ceil(L / 10) (SmolLM2: 17)."""
+    return max(0, first_decayed - math.ceil(num_layers / 10))
+
+
 class SelfDecayModel(AdaptedModel):
     """A causal LM or sequence classifier whose own attention to sensitive-associated tokens decays.
 
@@ -192,7 +242,10 @@ class SelfDecayModel(AdaptedModel):
         options.update({k: v for k, v in config.extra.items() if k in EXTRA_DEFAULTS})
         if not options["self_temperature"] > 0:
             raise ValueError(f"self_temperature must be positive, got {options['self_temperature']!r}")
+        if options["self_scoring"] not in SCORINGS:
+            raise ValueError(f"self_scoring must be one of {', '.join(SCORINGS)}, got {options['self_scoring']!r}")
         self.options = options
+        self.contextual = options["self_scoring"] == "contextual"
 
         num_layers = self.hf.config.num_hidden_layers
         if config.self_layers is None:
@@ -218,6 +271,10 @@ class SelfDecayModel(AdaptedModel):
         table, candidates = self._build_tables(tokenizer)
         self.register_buffer("score_table", table, persistent=False)
         self.register_buffer("candidate_table", candidates, persistent=False)
+        self._pending: dict | None = None  # the running encode's state, read by the score-layer hook
+        self.score_layer: int | None = None
+        if self.contextual:
+            self._setup_contextual(tokenizer, num_layers)
 
     # ---- scoring ------------------------------------------------------------------------
     @torch.no_grad()
@@ -250,9 +307,95 @@ class SelfDecayModel(AdaptedModel):
             return cos
         return (cos / self.options["self_temperature"]).softmax(-1)
 
-    def token_scores(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Association score of each token with the reference sequence, (B, n)."""
+    def token_scores(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Association score of each token with the reference sequence, (B, n).
+
+        Contextual scoring: one undecayed pass of the backbone (the states at the score layer
+        do not depend on the decay, which starts at or after it), for inspection and tests;
+        the forward pass computes the same scores inside its own pass.
+        """
+        if self.contextual:
+            mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+            return self.contextual_scores(self._layer_states(input_ids, mask))
         return self.score_table[input_ids]
+
+    # ---- contextual scoring -------------------------------------------------------------
+    def _decoder_layers(self) -> torch.nn.ModuleList:
+        n = self.hf.config.num_hidden_layers
+        for module in self.backbone.modules():
+            if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+                return module
+        raise ValueError(f"mode='self', self_scoring='contextual': cannot find the {n} layers of "
+                         f"{type(self.backbone).__name__}")
+
+    @torch.no_grad()
+    def _layer_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      base_only: bool = False) -> torch.Tensor:
+        """Hidden states entering the score layer, without any decay, (B, n, d)."""
+        disable = getattr(self.base, "disable_adapter", None) if base_only else None
+        with disable() if disable is not None else _nullcontext():
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return out.hidden_states[self.score_layer]
+
+    @torch.no_grad()
+    def _setup_contextual(self, tokenizer: PreTrainedTokenizerBase, num_layers: int) -> None:
+        first = min(self.decayed_layers)
+        layer = self.options["self_score_layer"]
+        if layer is None:
+            layer = default_score_layer(num_layers, first)
+        if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer <= first:
+            raise ValueError(f"self_score_layer must be an integer in [0, {first}] (the first decayed layer: the "
+                             f"scores are read on the way in to that layer), got {layer!r}")
+        self.score_layer = layer
+        device = self.reference_ids.device
+        start = [i for i in (tokenizer.bos_token_id, tokenizer.eos_token_id) if i is not None][:1]
+        plain = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"] if text.strip() else []  # noqa: E731
+        # whitening statistics: per-dimension mean and spread over a neutral text (the start token and
+        # the first real token, whose states are outliers in most decoders, left out)
+        text = self.options["self_calibration_text"] or CALIBRATION_TEXT
+        limit = getattr(self.hf.config, "max_position_embeddings", None) or getattr(self.hf.config, "n_positions", None)
+        ids = (start + plain(text))[:limit]  # (the text is cut to the model's positions)
+        ids = torch.tensor([ids], device=device)
+        calib = self._layer_states(ids, torch.ones_like(ids), base_only=True)[0, len(start) + 1:].float()
+        if calib.shape[0] < 2:
+            raise ValueError("self_calibration_text is too short: give at least a sentence")
+        mean, std = calib.mean(0), calib.std(0).clamp_min(1e-6)
+        # reference states: each sensitive word after the neutral context, its last piece
+        context = plain(self.options["self_reference_context"])
+        refs = []
+        for word in self.config.words:
+            ids = torch.tensor([start + context + word_token_ids(tokenizer, word)], device=device)
+            refs.append(self._layer_states(ids, torch.ones_like(ids), base_only=True)[0, -1].float())
+        refs = (torch.stack(refs) - mean) / std
+        if refs.shape[0] > 1:  # what tells the words apart: each minus their mean (m = 2: +-(she - he) / 2)
+            refs = refs - refs.mean(0)
+        self.register_buffer("calibration_mean", mean, persistent=False)
+        self.register_buffer("calibration_std", std, persistent=False)
+        self.register_buffer("reference_states", F.normalize(refs, dim=-1), persistent=False)
+        self._decoder_layers()[layer].register_forward_pre_hook(self._score_hook, with_kwargs=True)
+
+    def contextual_beta(self, hidden: torch.Tensor) -> torch.Tensor:
+        """beta (..., m) of the whitened hidden states over the whitened, centred reference states."""
+        z = (hidden.float() - self.calibration_mean) / self.calibration_std
+        return self._beta(F.normalize(z, dim=-1), self.reference_states).nan_to_num(0.0)
+
+    def contextual_scores(self, hidden: torch.Tensor) -> torch.Tensor:
+        """score_i = max_s beta_is of the states entering the score layer, (B, n); m = 1: |cos|."""
+        beta = self.contextual_beta(hidden)
+        return beta.abs().max(-1).values if beta.shape[-1] == 1 else beta.max(-1).values
+
+    def _score_hook(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        pending = self._pending
+        if pending is None:  # the backbone called directly, or an inspection pass: nothing to do
+            return
+        hidden = args[0] if args else kwargs["hidden_states"]
+        with torch.no_grad():
+            scores = self.contextual_scores(hidden.detach())
+            if pending["past"] is not None:
+                scores = torch.cat([pending["past"], scores], dim=-1)
+            pending["scores"] = scores
+            if pending["bias"] is not None:
+                pending["bias"].selected = self.select(scores, pending["valid"], hidden.shape[1])[:, None]
 
     # ---- selection ----------------------------------------------------------------------
     @property
@@ -297,21 +440,35 @@ class SelfDecayModel(AdaptedModel):
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
         """Run the backbone with the decay in the chosen layers (see the module doc)."""
         cache = kwargs.get("past_key_values")
-        scores = self.token_scores(input_ids)
         candidates = self.candidate_table[input_ids]
         past = self._past_scores(cache, input_ids.shape[0])
+        scores = None if self.contextual else self.token_scores(input_ids)
         if past is not None:
-            scores = torch.cat([past[0], scores], dim=-1)
             candidates = torch.cat([past[1], candidates], dim=-1)
+            if scores is not None:
+                scores = torch.cat([past[0], scores], dim=-1)
+        total = candidates.shape[-1]
+        bias = None
         if self.decay_active:
-            total = scores.shape[-1]
             if attention_mask.shape[-1] != total:
                 raise ValueError(f"mode='self': attention_mask covers {attention_mask.shape[-1]} positions, "
                                  f"the input and the cache {total}")
             valid = candidates & attention_mask.bool()
-            selected = self.select(scores, valid, input_ids.shape[1])
-            kwargs[BIAS_KWARG] = DecayBias(selected[:, None], self.config.decay, frozenset(self.decayed_layers))
-        out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            selected = None if self.contextual else self.select(scores, valid, input_ids.shape[1])[:, None]
+            bias = DecayBias(selected, self.config.decay, frozenset(self.decayed_layers))
+            kwargs[BIAS_KWARG] = bias
+        if self.contextual:  # the hook on the score layer computes the scores and the selection
+            self._pending = {"past": None if past is None else past[0], "bias": bias, "scores": None,
+                             "valid": valid if bias is not None else None}
+            try:
+                out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            finally:
+                pending, self._pending = self._pending, None
+            scores = pending["scores"]
+            if scores is None:
+                raise RuntimeError(f"mode='self': the hook on layer {self.score_layer} did not run")
+        else:
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
         new_cache = getattr(out, "past_key_values", None)
         if new_cache is not None:
             setattr(new_cache, CACHE_ATTR, (scores, candidates))
@@ -320,7 +477,10 @@ class SelfDecayModel(AdaptedModel):
     # ---- inspection ---------------------------------------------------------------------
     @torch.no_grad()
     def scoring_attention(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """beta of the scoring cross-attention, (batch, 1, n, m): softmax over the reference tokens."""
+        """beta of the scoring cross-attention, (batch, 1, n, m): softmax over the reference tokens
+        (contextual scoring: over the reference words; m = 1: the cosine)."""
+        if self.contextual:
+            return self.contextual_beta(self._layer_states(input_ids, torch.ones_like(input_ids))).unsqueeze(1)
         emb = self._corrected_embeddings().to(self.score_table.device)
         return self._beta(emb[input_ids], emb[self.reference_ids[0]]).unsqueeze(1)
 
@@ -330,7 +490,7 @@ class SelfDecayModel(AdaptedModel):
         """Each token's score, (batch, n); padding and special tokens (never decayed) are -inf."""
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
         valid = self.candidate_table[input_ids] & mask.bool()
-        return self.token_scores(input_ids).masked_fill(~valid, float("-inf"))
+        return self.token_scores(input_ids, mask).masked_fill(~valid, float("-inf"))
 
     @torch.no_grad()
     def decayed_keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
@@ -339,7 +499,7 @@ class SelfDecayModel(AdaptedModel):
         the top-K% of the whole example; ``per_query=True`` gives (batch, n, n), query x key,
         diagonal excluded, exactly what the decayed layers use."""
         mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        scores = self.token_scores(input_ids)
+        scores = self.token_scores(input_ids, mask)
         valid = self.candidate_table[input_ids] & mask.bool()
         if per_query:
             return self.select(scores, valid, input_ids.shape[1])
