@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import batch, make_tokenizer, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
@@ -284,3 +285,103 @@ def test_save_load_roundtrip(tmp_path, tokenizer):
     enc = batch(tokenizer, side="left")
     with torch.no_grad():
         assert torch.equal(loaded(**enc).logits, model(**enc).logits)
+
+
+# ---- contextual scoring (self_scoring="contextual") --------------------------------------------
+CTX = {"self_scoring": "contextual"}
+
+
+def test_contextual_scores_match_a_hand_computation(tokenizer):
+    model = self_model(tiny_model("llama"), tokenizer, extra=dict(CTX, self_temperature=0.5)).eval()
+    assert model.score_layer == 0 and model.decayed_layers == (1,)
+    layers = model.hf.config.num_hidden_layers
+
+    def states(text_ids):
+        ids = torch.tensor([text_ids])
+        return model.hf.model(ids, output_hidden_states=True).hidden_states[model.score_layer][0]
+
+    with torch.no_grad():
+        start = [tokenizer.eos_token_id]
+        plain = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
+        from crawd.self_decay import CALIBRATION_TEXT
+        calib = states((start + plain(CALIBRATION_TEXT))[:64])[2:]  # cut to the tiny model's 64 positions
+        mean, std = calib.mean(0), calib.std(0)
+        refs = torch.stack([states(start + plain("The person said that") + plain(w))[-1] for w in ("he", "she")])
+        refs = (refs - mean) / std
+        refs = F.normalize(refs - refs.mean(0), dim=-1)
+        ids = tokenizer(["the nurse said that she was"], return_tensors="pt")["input_ids"]
+        z = F.normalize((states(ids[0].tolist()) - mean) / std, dim=-1)
+        beta = (z @ refs.T / 0.5).softmax(-1)
+        assert torch.allclose(model.scoring_attention(ids)[0, 0], beta, atol=1e-5)
+        assert torch.allclose(model.association_scores(ids)[0], beta.max(-1).values, atol=1e-5)
+    assert layers == 2
+
+
+def test_contextual_forward_decays_exactly_the_inspected_keys(tokenizer):
+    enc = batch(tokenizer, texts=("the nurse said that she was", "he works as a doctor in the"), side="right")
+    with torch.no_grad():
+        base_probs = one_layer()(**enc, output_attentions=True).attentions[0]
+        model = self_model(one_layer(), tokenizer, decay=0.3, top_k=0.4, extra=CTX).eval()
+        assert model.score_layer == 0
+        probs = model.encode(enc["input_ids"], enc["attention_mask"], output_attentions=True).attentions[0]
+    selected = model.decayed_keys(enc["input_ids"], enc["attention_mask"], per_query=True)
+    assert selected.any()
+    assert max_diff(probs, expected_probs(base_probs, selected, 0.3)) < 1e-6
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_contextual_lambda_one_reproduces_base(arch, tokenizer):
+    enc = batch(tokenizer, side="left")
+    with torch.no_grad():
+        expected = tiny_model(arch)(**enc).logits
+        exact = self_model(tiny_model(arch), tokenizer, decay=1.0, extra=CTX).eval()
+        assert max_diff(exact(**enc).logits, expected) == 0
+        near = self_model(tiny_model(arch), tokenizer, decay=1 - 1e-7, extra=CTX).eval()
+        assert max_diff(near(**enc).logits, expected) < 1e-5
+        decayed = self_model(tiny_model(arch), tokenizer, decay=0.2, extra=CTX).eval()
+        assert max_diff(decayed(**enc).logits, expected) > 1e-4
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_contextual_cached_generation_equals_full_recomputation(arch, tokenizer):
+    model = self_model(tiny_model(arch), tokenizer, decay=0.1, top_k=0.4, extra=CTX).eval()
+    perturb_lora(model)
+    enc = batch(tokenizer, texts=("the nurse said that", "he works as a doctor in the"), side="left")
+    cached = model.generate(**enc, max_new_tokens=8, eos_token_id=-1)
+    full = model.generate(**enc, max_new_tokens=8, eos_token_id=-1, use_cache=False)
+    assert torch.equal(cached, full)
+    with torch.no_grad():
+        mask = torch.ones_like(cached)
+        n0 = enc["input_ids"].shape[1]
+        mask[:, :n0] = enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        full_logits = model(cached, mask, position_ids=positions).logits
+        out = model(cached[:, :n0], mask[:, :n0], position_ids=positions[:, :n0], use_cache=True)
+        steps = [out.logits[:, -1]]
+        for t in range(n0, cached.shape[1] - 1):
+            out = model(cached[:, t: t + 1], mask[:, : t + 1], position_ids=positions[:, t: t + 1],
+                        past_key_values=out.past_key_values, use_cache=True)
+            steps.append(out.logits[:, -1])
+        assert max_diff(torch.stack(steps, 1), full_logits[:, n0 - 1: -1]) < 1e-4
+        base_logits = crawd.adapt(tiny_model(arch), tokenizer).eval()(cached, mask, position_ids=positions).logits
+        assert max_diff(full_logits, base_logits) > 1e-3
+
+
+def test_contextual_gradients_reach_lora_only(tokenizer):
+    model = self_model(tiny_model("llama"), tokenizer, decay=0.2, extra=CTX).train()
+    perturb_lora(model)
+    enc = batch(tokenizer)
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    model(**enc, labels=labels).loss.backward()
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
+
+
+def test_contextual_options_are_checked(tokenizer):
+    with pytest.raises(ValueError, match="self_score_layer must be"):
+        self_model(tiny_model("llama"), tokenizer, extra=dict(CTX, self_score_layer=2))
+    with pytest.raises(ValueError, match="self_scoring must be"):
+        self_model(tiny_model("llama"), tokenizer, extra={"self_scoring": "hidden"})
+    model = self_model(tiny_model("llama"), tokenizer, self_layers=(0, 1), extra=CTX)
+    assert model.score_layer == 0
