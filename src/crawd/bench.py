@@ -34,7 +34,6 @@ from __future__ import annotations
 import copy
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -82,11 +81,11 @@ PAPER_PARAMETER_SHARE = 0.01
 
 RANDOM_CONFIGS: dict[str, dict[str, Any]] = {
     # a few MB: the unit test
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=512, max_position_embeddings=1024),
+    "tiny": {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+                 "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 1024},
     # TinyLlama-1.1B's shape: 1.10e9 parameters
-    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                     num_key_value_heads=4, vocab_size=32000, max_position_embeddings=4096),
+    "llama-1b": {"hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22, "num_attention_heads": 32,
+                     "num_key_value_heads": 4, "vocab_size": 32000, "max_position_embeddings": 4096},
 }
 #: Shapes of well-known models for the parameter table (hidden size, vocabulary, total parameters).
 REFERENCE_SHAPES = {
@@ -385,7 +384,7 @@ def measure_memory(kind: str, spec: dict[str, Any], timeout: float = 1800) -> di
             "print('@@' + json.dumps(memory_worker(json.loads(sys.argv[1]))))")
     env = dict(os.environ, TQDM_DISABLE="1")
     proc = subprocess.run([sys.executable, "-c", code, json.dumps({**spec, "kind": kind})], capture_output=True,
-                          text=True, timeout=timeout, env=env)
+                          text=True, timeout=timeout, env=env, check=False)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("@@")]
     if proc.returncode or not lines:
         raise RuntimeError(f"memory subprocess for {kind} failed:\n{proc.stderr[-3000:]}")
@@ -653,10 +652,10 @@ def format_bench(result: dict[str, Any]) -> str:
         + (f", GPU {mach['gpu']}" if "gpu" in mach else "")
         + (f", load average {mach['load_average']}" if "load_average" in mach else ""),
         "versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
-        f"setting : {s['model']} ({s['base_parameters'] / 1e6:.1f}M params), {s['device']} {s['dtype']}, "
+        (f"setting : {s['model']} ({s['base_parameters'] / 1e6:.1f}M params), {s['device']} {s['dtype']}, "
         f"batch {s['batch']} x {s['seq_len']} tokens, reference m = {s['ref_len']}, "
         f"{s['warmup']} warm-up + {s['repeats']} timed rounds ({s.get('timer', 'wall')} clock); generation {s['gen_tokens']} tokens x "
-        f"{s['gen_repeats']} rounds (batch {s['gen_batch']}, prompt {s['gen_prompt_len']})",
+        f"{s['gen_repeats']} rounds (batch {s['gen_batch']}, prompt {s['gen_prompt_len']})"),
         "",
         _table(["ratio", "head", "min", "median", "max", "target", "met"],
                [[r["name"], r["head"], f"{r['min']:.3f}", f"{r['median']:.3f}", f"{r['max']:.3f}", r["target"],

@@ -76,7 +76,7 @@ class CrawdModel(AdaptedModel):
             self._base_params = tuple(self.hf.parameters())
         return tuple((p.data_ptr(), p._version) for p in self._base_params)
 
-    def train(self, mode: bool = True) -> "CrawdModel":
+    def train(self, mode: bool = True) -> CrawdModel:
         self._base_params = None
         return super().train(mode)
 
