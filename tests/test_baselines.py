@@ -279,6 +279,8 @@ def test_configs_are_valid_and_quick_is_tiny(name):
     TrainSettings(**spec.get("settings", {}))
     quick = dict(spec["quick"])
     assert quick.pop("seeds") == [0]
+    for key in ("data_options", "eval_options"):  # `crawd compare --quick` merges these into the spec
+        assert isinstance(quick.pop(key, {}), dict)
     assert TrainSettings(**{**spec.get("settings", {}), **quick}).max_steps <= 5
     assert len(spec["seeds"]) >= 3
     base = CrawdConfig.from_dict(spec.get("crawd", {}))
