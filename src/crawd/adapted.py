@@ -161,12 +161,18 @@ class AdaptedModel(nn.Module):
         kwargs.pop("num_items_in_batch", None)  # passed by the Trainer
         out = self.encode(input_ids, attention_mask, **kwargs)
         logits = self.head(out.last_hidden_state, attention_mask)
-        loss = None
-        if labels is not None:
-            if self.task == "lm":
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-            else:
-                loss = F.cross_entropy(logits.float(), labels)
+        return self.output(self.task_loss(logits, labels), logits, out)
+
+    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+        """Mean cross-entropy: next token (labels shifted inside, -100 ignored) or class."""
+        if labels is None:
+            return None
+        if self.task == "lm":
+            return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
+        return F.cross_entropy(logits.float(), labels)
+
+    def output(self, loss: torch.Tensor | None, logits: torch.Tensor,
+               out: Any) -> CausalLMOutputWithPast | SequenceClassifierOutput:
         if self.task == "lm":
             return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
         return SequenceClassifierOutput(loss=loss, logits=logits)

@@ -70,10 +70,6 @@ from datasets import DatasetDict
 from peft import PeftModel
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
-from transformers.modeling_outputs import (
-    CausalLMOutputWithPast,
-    SequenceClassifierOutput,
-)
 
 from crawd.adapted import AdaptedModel
 from crawd.config import CrawdConfig
@@ -336,19 +332,12 @@ class LossTermModel(AdaptedModel):
         regularise = self.training and labels is not None
         out = self.encode(input_ids, attention_mask, **kwargs, **(self.encode_options if regularise else {}))
         logits = self.head(out.last_hidden_state, attention_mask)
-        loss = None
-        if labels is not None:
-            if self.task == "lm":
-                loss = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=-100)
-            else:
-                loss = F.cross_entropy(logits.float(), labels)
-            if regularise:
-                term = self.penalty(out, logits, attention_mask, labels=labels, **inputs)
-                if term is not None:
-                    loss = loss + term
-        if self.task == "lm":
-            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
-        return SequenceClassifierOutput(loss=loss, logits=logits)
+        loss = self.task_loss(logits, labels)
+        if regularise:
+            term = self.penalty(out, logits, attention_mask, labels=labels, **inputs)
+            if term is not None:
+                loss = loss + term
+        return self.output(loss, logits, out)
 
 
 # ---- adversarial debiasing ------------------------------------------------------------
