@@ -192,12 +192,18 @@ def test_cached_generation_equals_full_recomputation(arch, tokenizer):
     assert cached.shape == (2, enc["input_ids"].shape[1] + 8)
     assert torch.equal(cached, full)
     # logits too: step by step, the cached forward matches the full forward of the same ids
+    assert_step_logits_match(model, tokenizer, enc, cached, arch)
+
+
+
+def assert_step_logits_match(model, tokenizer, enc, cached, arch):
+    """Cached step-by-step logits equal the full pass's, and differ from the plain base model's."""
     with torch.no_grad():
         mask = torch.ones_like(cached)
-        mask[:, : enc["input_ids"].shape[1]] = enc["attention_mask"]
+        n0 = enc["input_ids"].shape[1]
+        mask[:, :n0] = enc["attention_mask"]
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         full_logits = model(cached, mask, position_ids=positions).logits
-        n0 = enc["input_ids"].shape[1]
         out = model(cached[:, :n0], mask[:, :n0], position_ids=positions[:, :n0], use_cache=True)
         steps = [out.logits[:, -1]]
         for t in range(n0, cached.shape[1] - 1):
@@ -207,7 +213,6 @@ def test_cached_generation_equals_full_recomputation(arch, tokenizer):
         assert max_diff(torch.stack(steps, 1), full_logits[:, n0 - 1: -1]) < 1e-4
         base_logits = crawd.adapt(tiny_model(arch), tokenizer).eval()(cached, mask, position_ids=positions).logits
         assert max_diff(full_logits, base_logits) > 1e-3
-
 
 def test_foreign_cache_is_refused(tokenizer):
     model = self_model(tiny_model("llama"), tokenizer).eval()
@@ -350,21 +355,7 @@ def test_contextual_cached_generation_equals_full_recomputation(arch, tokenizer)
     cached = model.generate(**enc, max_new_tokens=8, eos_token_id=-1)
     full = model.generate(**enc, max_new_tokens=8, eos_token_id=-1, use_cache=False)
     assert torch.equal(cached, full)
-    with torch.no_grad():
-        mask = torch.ones_like(cached)
-        n0 = enc["input_ids"].shape[1]
-        mask[:, :n0] = enc["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        full_logits = model(cached, mask, position_ids=positions).logits
-        out = model(cached[:, :n0], mask[:, :n0], position_ids=positions[:, :n0], use_cache=True)
-        steps = [out.logits[:, -1]]
-        for t in range(n0, cached.shape[1] - 1):
-            out = model(cached[:, t: t + 1], mask[:, : t + 1], position_ids=positions[:, t: t + 1],
-                        past_key_values=out.past_key_values, use_cache=True)
-            steps.append(out.logits[:, -1])
-        assert max_diff(torch.stack(steps, 1), full_logits[:, n0 - 1: -1]) < 1e-4
-        base_logits = crawd.adapt(tiny_model(arch), tokenizer).eval()(cached, mask, position_ids=positions).logits
-        assert max_diff(full_logits, base_logits) > 1e-3
+    assert_step_logits_match(model, tokenizer, enc, cached, arch)
 
 
 def test_contextual_gradients_reach_lora_only(tokenizer):
