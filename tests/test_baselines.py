@@ -269,7 +269,7 @@ def load_config(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["bios-generation", "occupation-classification", "madlibs-toxicity",
-                                  "partial-reference", "ablation-grid"])
+                                  "self-vs-cross-generation", "ablation-grid"])
 def test_configs_are_valid_and_quick_is_tiny(name):
     from crawd.cli import expand_methods
     from crawd.experiment import HEADLINES
@@ -306,11 +306,35 @@ def test_partial_reference_config_compares_he_she_with_all_28_gendered_words():
     from crawd.cli import expand_methods
     from crawd.metrics.gas import GENDERED_WORDS
 
-    spec = load_config("partial-reference")
+    spec = load_config("bios-generation")
     base = CrawdConfig.from_dict(spec.get("crawd", {}))
     words = {}
     for entry in expand_methods(spec["methods"]):
         if entry["method"] == "crawd":
-            words[entry["label"]] = CrawdConfig.from_dict({**base.to_dict(), **entry.get("overrides", {})}).words
-    assert sorted(words.values(), key=len) == [("he", "she"), tuple(GENDERED_WORDS)]
+            config = CrawdConfig.from_dict({**base.to_dict(), **entry.get("overrides", {})})
+            words[entry.get("label", "crawd")] = config.words
+    assert words["crawd"] == ("he", "she") and words["crawd-28-words"] == tuple(GENDERED_WORDS)
     assert "gas" in spec["benchmarks"] and spec["tradeoff"][0] == "gas"  # GAS always scores all 28 words
+
+
+# ---- every method's model is scored the same way --------------------------------------------
+
+@pytest.mark.parametrize("name,overrides", [("vanilla", {}), ("cda", {}), ("blind", {}), ("ear", {}),
+                                            ("debias_tuning", {}), ("crawd", {"head": "residual"}),
+                                            ("crawd", {"head": "concat"}), ("crawd", {"mode": "self"})])
+def test_weat_representation_of_every_method_is_what_its_head_consumes(tokenizer, name, overrides):
+    from crawd.metrics.weat import representation
+
+    base = tiny_model("llama")
+    enc = batch(tokenizer)
+    with torch.no_grad():
+        expected = base(**enc, output_hidden_states=True).hidden_states[-1]
+        model = get_method(name).build(base, tokenizer, CrawdConfig(sensitive_words=["he", "she"], **overrides))
+        got = representation(model.eval(), enc["input_ids"], enc["attention_mask"])
+    if overrides.get("head") == "concat":  # [H_x, H_cross]
+        assert torch.allclose(got[..., : expected.shape[-1]], expected, atol=1e-5)
+        assert got.shape[-1] == 2 * expected.shape[-1]
+    elif overrides.get("mode") == "self":  # the decay (lambda 0.2) changes the states it acts on
+        assert got.shape == expected.shape and torch.isfinite(got).all() and not torch.allclose(got, expected)
+    else:  # fresh LoRA (B = 0) and a fresh residual projection (P = 0) reproduce the base states
+        assert torch.allclose(got, expected, atol=1e-5)

@@ -73,6 +73,18 @@ def test_synthetic_bios_pronouns_match_gender() -> None:
 
 
 @needs_shared
+def test_hide_title_removes_every_occupation_name_and_keeps_the_draws() -> None:
+    shown = synthetic_bios(n_train=280, n_test=56, seed=2)["train"].to_pandas()
+    hidden = synthetic_bios(n_train=280, n_test=56, seed=2, hide_title=True)["train"].to_pandas()
+    assert (shown[["label", "gender"]] == hidden[["label", "gender"]]).all().all()
+    titles = [o.replace("_", " ") for o in OCCUPATIONS]
+    for before, after, occupation in zip(shown["text"], hidden["text"], shown["occupation"]):
+        title = "DJ" if occupation == "dj" else occupation.replace("_", " ")
+        article = "an" if title[0].lower() in "aeiou" else "a"
+        assert after == before.replace(f"{article} {title}", "a professional", 1)
+        assert not any(f" {t} " in after or f" {t}." in after or f" {t}," in after for t in titles)
+
+
 def test_train_share_of_women_follows_the_statistics() -> None:
     shares = female_share(str(SHARED_DATA))
     data = synthetic_bios(n_train=2800, n_test=560, data_dir=str(SHARED_DATA))

@@ -151,6 +151,13 @@ def test_crows_pairs_causal(tok, tmp_path):
     assert out["n_pairs"] == 3
 
 
+def test_crows_pairs_keeps_only_the_named_bias_types(tok, tmp_path):
+    out = M.crows_pairs(BigramLM(), tok, write_crows(tmp_path), progress=False, bias_types=["gender"])
+    assert out["n_pairs"] == 2 and out["pct_stereotype"]["value"] == 50 and set(out["by_bias_type"]) == {"gender"}
+    with pytest.raises(ValueError, match="unknown CrowS-Pairs bias type.*religion.*choose from gender, race"):
+        M.crows_pairs(BigramLM(), tok, tmp_path, progress=False, bias_types=["religion"])
+
+
 def test_crows_pairs_masked_pll(tok, tmp_path):
     # shifted toy MLM: a masked token is predicted from its left neighbour, so only the
     # shared token right after the modified word ("is") differs between the sentences.

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 import torch
-from conftest import batch, make_tokenizer, tiny_model
+from conftest import batch, tiny_model
 from peft import PeftModel
 
 import crawd

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import batch, make_tokenizer, tiny_config, tiny_model
+from conftest import batch, tiny_config, tiny_model
 from transformers import AutoModelForCausalLM
 
 import crawd

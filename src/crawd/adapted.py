@@ -111,6 +111,11 @@ class AdaptedModel(nn.Module):
         """Run the backbone; returns its output (``last_hidden_state``, ``past_key_values``)."""
         return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
 
+    def final_representation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """What the head consumes per position: the backbone's last hidden state (CrawdModel adds its own)."""
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return self.encode(input_ids, mask).last_hidden_state
+
     def pool_index(self, attention_mask: torch.Tensor) -> torch.Tensor:
         """Position pooled for classification: first token (encoders) or last non-padding token."""
         if self.is_encoder:

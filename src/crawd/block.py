@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 # ceil(top_k * N) in float arithmetic can overshoot an exact integer by one ulp

@@ -241,6 +241,10 @@ def compare(
     out: Optional[Path] = typer.Option(None, help="report folder (default: runs/<name>)"),
     quick: bool = typer.Option(False, help="the config's smoke-run budget"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir", help="shared data folder"),
+    only_seeds: Optional[str] = typer.Option(
+        None, "--seeds", help="comma-separated seeds to run now (default: the config's). Runs land in the same "
+        "--out, so several processes or machines can share one comparison; a last call without --seeds reads "
+        "the finished runs and writes the full report"),
 ) -> None:
     """Methods x seeds on one task, trained and scored alike; one report with significance vs vanilla."""
     from crawd.config import CrawdConfig
@@ -259,6 +263,11 @@ def compare(
         for key in ("data_options", "eval_options"):
             spec[key] = {**spec.get(key, {}), **quick_values.pop(key, {})}
         settings_values.update(quick_values)
+    if only_seeds is not None:
+        try:
+            seeds = [int(s) for s in only_seeds.split(",") if s.strip()]
+        except ValueError:
+            raise ValueError(f"--seeds takes comma-separated integers, got {only_seeds!r}") from None
     settings = TrainSettings(**settings_values)
     methods = expand_methods(spec.get("methods", ["vanilla", "crawd"]))
     for entry in methods:

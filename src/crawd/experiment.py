@@ -23,6 +23,7 @@ from crawd.config import CrawdConfig
 from crawd.methods import get_method
 from crawd.metrics import run_benchmarks
 from crawd.models import load_model
+from crawd.serialization import write_json
 from crawd.train import TrainSettings, train
 
 #: Headline figures of each benchmark: (display name, path into the benchmark's result).
@@ -135,8 +136,7 @@ def run_experiment(
         start = time.perf_counter()
         record.update(evaluate(model, tokenizer, task, benchmarks, data, data_dir, eval_options))
         record["eval_seconds"] = time.perf_counter() - start
-        run_dir.mkdir(parents=True, exist_ok=True)
-        done_file.write_text(json.dumps(record, indent=2, default=float))
+        write_json(done_file, record)
         results["runs"].append(record)
-        (out_dir / "results.json").write_text(json.dumps(results, indent=2, default=float))
+        write_json(out_dir / "results.json", results)
     return results

@@ -7,7 +7,6 @@ same method with several seeds are summarised as mean and standard deviation.
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
 from pathlib import Path
@@ -20,6 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
+
+from crawd.serialization import write_json  # noqa: E402
 
 #: Direction of each headline metric: +1 higher is better, -1 lower is better; 0: closest to the ideal.
 DIRECTION = {"gas": -1, "ppl": -1, "pronoun_skew": -1, "accuracy": 1, "rms_tpr_gap": -1, "max_tpr_gap": -1,
@@ -229,7 +230,7 @@ def write_report(results: dict, out_dir: str | Path, title: str = "crawd results
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = [out_dir / "results.json", out_dir / "report.md", out_dir / "metrics.png"]
-    written[0].write_text(json.dumps(results, indent=2, default=float))
+    write_json(written[0], results)
     plot_metrics(results, written[2])
     figures = ["![metrics](metrics.png)"]
     if tradeoff and plot_tradeoff(results, out_dir / "tradeoff.png", *tradeoff):

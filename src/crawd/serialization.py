@@ -53,6 +53,11 @@ def atomic_write(path: Path, write: Any) -> None:
             os.unlink(tmp)
 
 
+def write_json(path: Path, value: Any) -> None:
+    """Write ``value`` as indented JSON atomically (numpy scalars as floats)."""
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, default=float)))
+
+
 def save_adapter(model: AdaptedModel, directory: str | os.PathLike) -> None:
     """Save ``model``'s trained weights and settings to ``directory`` (see module doc)."""
     from crawd.model import CrawdModel

@@ -235,6 +235,7 @@ def synthetic_bios(
     seed: int = 0,
     occupations_tsv: str | None = None,
     data_dir: str | None = None,
+    hide_title: bool = False,
 ) -> DatasetDict:
     """Generate short biographies; the task is to predict the occupation.
 
@@ -254,6 +255,13 @@ def synthetic_bios(
         seed: random seed.
         occupations_tsv, data_dir: where the occupation statistics come from,
             see :func:`female_share`.
+        hide_title: write "a professional" instead of the occupation's title,
+            as De-Arteaga et al. (2019) drop the sentence naming the title from
+            Bias in Bios. A classifier must then read the occupation from the
+            work described; one template describes none, so there the only
+            signal left is the person's gender, and a classifier that learnt
+            the training skew shows it as a TPR gap. The random draws are the
+            same as with the title.
     """
     if min(n_train, n_test) < len(OCCUPATIONS):
         raise ValueError(f"n_train and n_test must be at least {len(OCCUPATIONS)} (one row per occupation)")
@@ -268,7 +276,7 @@ def synthetic_bios(
             for gender in ["female"] * women + ["male"] * (count - women):
                 rows.append(
                     {
-                        "text": _bio(rng, occupation, gender),
+                        "text": _bio(rng, occupation, gender, hide_title),
                         "label": occupation,
                         "gender": gender,
                         "occupation": occupation,
@@ -282,9 +290,9 @@ def synthetic_bios(
     return build_dataset(train, test, "synthetic bios", label_names=OCCUPATIONS)
 
 
-def _bio(rng: random.Random, occupation: str, gender: str) -> str:
+def _bio(rng: random.Random, occupation: str, gender: str, hide_title: bool = False) -> str:
     """Write one biography of a person of ``gender`` working as ``occupation``."""
-    occ = "DJ" if occupation == "dj" else occupation.replace("_", " ")
+    occ = "professional" if hide_title else "DJ" if occupation == "dj" else occupation.replace("_", " ")
     first = rng.choice(_FEMALE_NAMES if gender == "female" else _MALE_NAMES)
     return rng.choice(_TEMPLATES).format(
         name=f"{first} {rng.choice(_SURNAMES)}",

@@ -22,6 +22,7 @@ An unbiased model scores 50. Intervals: percentile bootstrap over pairs.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -36,12 +37,19 @@ from crawd.metrics.stats import estimate
 
 
 def load_crows_pairs(data_dir: str | Path | None, max_pairs: int | None = None,
-                     seed: int = 0) -> pd.DataFrame:
-    """The CrowS-Pairs table; a seeded random subsample of ``max_pairs`` rows if given."""
+                     seed: int = 0, bias_types: Sequence[str] | None = None) -> pd.DataFrame:
+    """The CrowS-Pairs table, only the rows of ``bias_types`` if given (e.g. ``["gender"]``),
+    then a seeded random subsample of ``max_pairs`` rows if given."""
     frame = pd.read_csv(data_file(data_dir, "crows_pairs", "crows_pairs_anonymized.csv"))
     missing = {"sent_more", "sent_less", "stereo_antistereo", "bias_type"} - set(frame.columns)
     if missing:
         raise ValueError(f"CrowS-Pairs CSV lacks columns {sorted(missing)}")
+    if bias_types is not None:
+        unknown = sorted(set(bias_types) - set(frame["bias_type"]))
+        if unknown:
+            raise ValueError(f"unknown CrowS-Pairs bias type(s) {', '.join(unknown)}; "
+                             f"choose from {', '.join(sorted(frame['bias_type'].unique()))}")
+        frame = frame[frame["bias_type"].isin(list(bias_types))]
     if max_pairs is not None and max_pairs < len(frame):
         frame = frame.sample(n=max_pairs, random_state=seed).sort_index()
     return frame.reset_index(drop=True)
@@ -93,14 +101,16 @@ def _pct(more_wins: np.ndarray) -> float:
 @register_benchmark("crows_pairs", kinds=("decoder", "encoder"), requires_data=("crows_pairs",))
 def crows_pairs(model, tokenizer, data_dir: str | Path | None, kind: str = "decoder",
                 batch_size: int = 16, max_pairs: int | None = None, seed: int = 0,
-                n_boot: int = 1000, progress: bool = True) -> dict:
+                n_boot: int = 1000, progress: bool = True, bias_types: Sequence[str] | None = None) -> dict:
     """CrowS-Pairs ``pct_stereotype`` (ideal 50), overall and per bias type.
 
     Returns ``{"pct_stereotype": Estimate, "mean_abs_ll_diff": Estimate,
     "by_bias_type": {type: Estimate of pct_stereotype}, "n_pairs", "scoring"}``
-    with every Estimate as its ``to_dict()``.
+    with every Estimate as its ``to_dict()``. ``bias_types`` keeps only those
+    rows (e.g. ``["gender"]``) and ``max_pairs`` subsamples them, see
+    :func:`load_crows_pairs`.
     """
-    frame = load_crows_pairs(data_dir, max_pairs=max_pairs, seed=seed)
+    frame = load_crows_pairs(data_dir, max_pairs=max_pairs, seed=seed, bias_types=bias_types)
     more, less = frame["sent_more"].tolist(), frame["sent_less"].tolist()
     if kind == "decoder":
         scores = sequence_logprobs(model, tokenizer, more + less, batch_size=batch_size,

@@ -1,0 +1,38 @@
+"""`crawd compare --seeds`: a comparison shared between processes ends in one report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model, write_csv
+
+from crawd.cli import main
+
+
+def run(argv: list[object]) -> int:
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+def test_seeds_split_across_calls_end_in_one_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [ppl]\nseeds: [0, 1]\n"
+                      "settings: {max_steps: 1, batch_size: 4, seq_len: 16, save_steps: 1}\n"
+                      "crawd: {num_heads: 4}\nmethods: [vanilla]\n")
+    out = tmp_path / "out"
+    assert run(["compare", "--config", config, "--out", out, "--seeds", "1"]) == 0
+    assert sorted(p.name for p in (out / "runs").iterdir()) == ["vanilla-seed1"]
+    seed1 = (out / "runs" / "vanilla-seed1" / "run.json").read_text()
+    assert run(["compare", "--config", config, "--out", out]) == 0  # trains seed 0, reads seed 1
+    assert (out / "runs" / "vanilla-seed1" / "run.json").read_text() == seed1
+    results = json.loads((out / "results.json").read_text())
+    assert sorted(r["seed"] for r in results["runs"]) == [0, 1] and (out / "report.md").is_file()
+    capsys.readouterr()
+    assert run(["compare", "--config", config, "--out", out, "--seeds", "0,x"]) == 2
+    assert "error: --seeds takes comma-separated integers, got '0,x'" in capsys.readouterr().out
