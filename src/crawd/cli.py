@@ -300,9 +300,16 @@ def evaluate_cmd(
     data: str = typer.Option("synthetic-bios", help="dataset for ppl / tpr_gap (its test split)"),
     task: str = typer.Option("lm", help="lm or classification"),
     out: Path = typer.Option(Path("eval-out")),
+    eval_options: Optional[str] = typer.Option(
+        None, "--eval-options", help='JSON of per-benchmark options, as eval_options in a compare config, e.g. '
+        '\'{"stereoset": {"max_examples": 700}, "crows_pairs": {"bias_types": ["gender"]}}\''),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code/--no-trust-remote-code"),
 ) -> None:
-    """Score a base model and/or base + adapters on the bias benchmarks; one report for all."""
+    """Score a base model and/or base + adapters on the bias benchmarks; one report for all.
+
+    Each model's scores are kept in OUT/runs/<name>.json as soon as they are done; a rerun of the
+    same command (same benchmarks and options) reads them instead of scoring again.
+    """
     import crawd
     from crawd.data import load_data, resolve_data_dir
     from crawd.experiment import evaluate
@@ -314,22 +321,38 @@ def evaluate_cmd(
     unknown = [b for b in names if b not in BENCHMARKS]
     if unknown:
         raise ValueError(f"unknown benchmark(s) {', '.join(unknown)}; choose from {', '.join(BENCHMARKS)}")
+    try:
+        options = json.loads(eval_options) if eval_options else {}
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--eval-options is not valid JSON ({err})") from None
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise ValueError('--eval-options must map benchmark names to option objects, e.g. {"stereoset": {...}}')
     adapters = list(adapter or [])
     for folder in adapters:
         crawd.serialization.read_adapter(folder)  # fail before any scoring
     dataset = load_data(data, data_dir=data_dir)
     num_labels = dataset["train"].features["label"].num_classes if task == "classification" else None
-    results: dict[str, Any] = {"model": model, "adapters": [str(a) for a in adapters], "runs": []}
+    results: dict[str, Any] = {"model": model, "adapters": [str(a) for a in adapters], "eval_options": options,
+                               "runs": []}
     for folder in ([None] if with_base or not adapters else []) + adapters:
+        label = "base" if folder is None else (folder.parent.name if folder.name == "adapter" else folder.name)
+        done_file = out / "runs" / f"{label}.json"
+        request = {"model": model, "adapter": str(folder) if folder else None, "task": task, "data": data,
+                   "benchmarks": names, "eval_options": options}
+        if done_file.is_file() and json.loads(done_file.read_text()).get("request") == request:
+            console.print(f"[dim]{label}: scored earlier, read from {done_file}[/dim]")
+            results["runs"].append(json.loads(done_file.read_text()))
+            continue
         base, tokenizer = load_model(model, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
         scored = crawd.load(base, tokenizer, folder) if folder else base
-        label = "base" if folder is None else (folder.parent.name if folder.name == "adapter" else folder.name)
         console.rule(label)
-        scores = evaluate(scored, tokenizer, task, names, dataset, resolve_data_dir(data_dir))
+        scores = evaluate(scored, tokenizer, task, names, dataset, resolve_data_dir(data_dir), options)
         for name, entry in scores["benchmarks"].items():
             detail = f"{entry['seconds']:.1f} s" if entry["status"] == "ok" else f"skipped: {entry['reason']}"
             console.print(f"  {name}: {detail}")
-        results["runs"].append({"method": label, "seed": 0, **scores})
+        record = {"method": label, "seed": 0, "request": request, **scores}
+        crawd.serialization.write_json(done_file, record)
+        results["runs"].append(record)
     write_report(results, out, f"crawd eval: {model}")
     print_results(results, f"crawd eval: {model}", console)
     console.print(f"report: {out / 'report.md'}")

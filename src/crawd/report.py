@@ -156,7 +156,7 @@ def plot_metrics(results: dict, path: Path) -> None:
             elif s["seeds"] > 1 or math.isnan(s["ci_low"]):
                 errs.append((s["std"], s["std"]))
             else:
-                errs.append((s["mean"] - s["ci_low"], s["ci_high"] - s["mean"]))
+                errs.append(_ci_bar(s))
         ax.bar(methods, means, yerr=np.array(errs).T, capsize=4, color=plt.cm.tab10(np.arange(len(methods))))
         arrow = {1: " (higher is better)", -1: " (lower is better)"}.get(DIRECTION.get(name, 0), "")
         ax.set_title(name + arrow, fontsize=9)
@@ -172,7 +172,15 @@ def _spread(stats: dict[str, float]) -> Any:
         return stats["std"]
     if math.isnan(stats["ci_low"]):
         return None
-    return [[stats["mean"] - stats["ci_low"]], [stats["ci_high"] - stats["mean"]]]
+    below, above = _ci_bar(stats)
+    return [[below], [above]]
+
+
+def _ci_bar(stats: dict[str, float]) -> tuple[float, float]:
+    """Lengths of a CI's error bar below and above the estimate. Clipped at 0: the percentile
+    bootstrap of a statistic such as an RMS of noisy group gaps can lie wholly above the estimate
+    (every resample adds noise to every gap); the table prints the interval itself."""
+    return max(stats["mean"] - stats["ci_low"], 0.0), max(stats["ci_high"] - stats["mean"], 0.0)
 
 
 def plot_tradeoff(results: dict, path: Path, fairness: str, utility: str) -> bool:

@@ -1,4 +1,4 @@
-"""`crawd compare --seeds`: a comparison shared between processes ends in one report."""
+"""Long CLI jobs shared between calls: `compare --seeds` and `eval` resume from what is done."""
 
 from __future__ import annotations
 
@@ -36,3 +36,32 @@ def test_seeds_split_across_calls_end_in_one_report(tmp_path: Path, capsys: pyte
     capsys.readouterr()
     assert run(["compare", "--config", config, "--out", out, "--seeds", "0,x"]) == 2
     assert "error: --seeds takes comma-separated integers, got '0,x'" in capsys.readouterr().out
+
+
+def test_eval_keeps_each_models_scores_and_reads_them_on_a_rerun(tmp_path: Path, monkeypatch, capsys) -> None:
+    import crawd
+    from conftest import make_tokenizer, tiny_model
+
+    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
+    adapter = tmp_path / "tuned"
+    crawd.wrap(tiny_model("llama"), make_tokenizer(), num_heads=4).save_pretrained(str(adapter))
+    out = tmp_path / "out"
+    argv = ["eval", "--model", model, "--adapter", adapter, "--benchmarks", "ppl", "--data", data, "--out", out,
+            "--eval-options", '{"ppl": {"batch_size": 2}}']
+    assert run(argv) == 0
+    first = {p.name: p.read_text() for p in (out / "runs").iterdir()}
+    assert sorted(first) == ["base.json", "tuned.json"]
+    assert json.loads(first["base.json"])["request"]["eval_options"] == {"ppl": {"batch_size": 2}}
+
+    import crawd.experiment
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("a model scored earlier was scored again")
+
+    monkeypatch.setattr(crawd.experiment, "evaluate", no_scoring)
+    assert run(argv) == 0
+    assert {p.name: p.read_text() for p in (out / "runs").iterdir()} == first
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 2
+    capsys.readouterr()
+    assert run([*argv[:-1], '{"ppl": 2}']) == 2
+    assert "error: --eval-options must map benchmark names to option objects" in capsys.readouterr().out
