@@ -59,3 +59,19 @@ def test_format_bench(result):
         assert word in text
     assert set(bench.BENCH_OPTIONS) >= {"model", "heads", "batch", "seq_len", "ref_len", "repeats", "gen_tokens",
                                         "device", "dtype", "memory"}
+
+
+def test_cli_bench_passes_its_options(tmp_path, capsys):
+    from crawd.cli import main
+
+    out = tmp_path / "bench.json"
+    main(["bench", "--random-config", "tiny", "--heads", "self", "--batch", "2", "--seq-len", "8", "--threads", "1",
+          "--device", "cpu", "--no-memory", "--quick", "--json", str(out)])
+    result = json.loads(out.read_text())
+    assert result["settings"]["heads"] == ["self"] and result["settings"]["seq_len"] == 8
+    assert set(result["train"]) == {"vanilla", "self"} and result["memory"] is None
+    assert "train step time" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--random-config", "tiny", "--heads", "wide"])
+    assert exit_info.value.code == 2
+    assert "error: unknown head 'wide': use residual, concat or self" in capsys.readouterr().out

@@ -397,14 +397,27 @@ def inspect(
 
 @app.command()
 def bench(
-    model: str = typer.Option("smollm2-135m"),
+    model: str = typer.Option("smollm2-135m", help="alias, local folder or hub id"),
+    random_config: Optional[str] = typer.Option(None, "--random-config",
+                                                help="random-weights Llama instead of --model: tiny or llama-1b"),
+    heads: str = typer.Option("residual,concat", help="CrAWD variants against vanilla: residual, concat, self"),
+    batch: int = typer.Option(8, help="training batch size"),
+    seq_len: int = typer.Option(128, "--seq-len", help="training sequence length"),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
+    dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: per device)"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    timer: str = typer.Option("wall", help="wall, or cpu (this process's CPU time; with --threads 1 on a busy "
+                                           "machine)"),
+    memory: bool = typer.Option(True, "--memory/--no-memory", help="peak memory, one fresh process per variant"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="also write the figures as JSON"),
     quick: bool = typer.Option(False, help="fewer repeats (a smoke run)"),
 ) -> None:
     """Overhead of CrAWD against plain LoRA fine-tuning: step time, memory, generation, parameters."""
     from crawd.bench import format_bench, run_bench
 
-    result = run_bench(model=model, **({"repeats": 3} if quick else {}))
+    result = run_bench(model=model, random_config=random_config, heads=[h.strip() for h in heads.split(",")],
+                       batch=batch, seq_len=seq_len, device=device, dtype=dtype, threads=threads, timer=timer,
+                       memory=memory, **({"repeats": 3} if quick else {}))
     console.print(format_bench(result))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2, default=str))
