@@ -41,3 +41,22 @@ def test_report_folder_even_when_an_interval_lies_above_its_estimate(tmp_path):
     assert all(p.stat().st_size > 0 for p in written)
     text = (tmp_path / "report.md").read_text()
     assert "0.097 [0.103, 0.185]" in text and not math.isnan(summarise(runs)["crawd"]["accuracy"]["ci_low"])
+
+
+def test_single_runs_are_compared_through_their_intervals():
+    from scipy.stats import norm
+
+    runs = [run("base", 0, 0.10, 0.85, ci=(0.08, 0.12)), run("tuned", 0, 0.16, 0.85, ci=(0.13, 0.19))]
+    test = significance(runs, reference="base")["tuned"]["rms_tpr_gap"]
+    se = ((0.04 / 3.919928) ** 2 + (0.06 / 3.919928) ** 2) ** 0.5
+    assert test["test"] == "ci-z" and test["difference"] == pytest.approx(0.06)
+    assert test["p_value"] == pytest.approx(2 * norm.sf(0.06 / se))  # z = 1.63: p = 0.10, not significant
+    assert significance(runs, reference="base")["tuned"]["accuracy"]["p_value"] == pytest.approx(1.0)
+
+
+def test_eval_report_compares_with_its_first_model(tmp_path):
+    runs = [run("base", 0, 0.10, 0.85, ci=(0.09, 0.11)), run("tuned", 0, 0.20, 0.80, ci=(0.19, 0.21))]
+    write_report({"runs": runs}, tmp_path)
+    text = (tmp_path / "report.md").read_text()
+    assert "Difference from base (one run each; z-test on the two bootstrap 95% intervals" in text
+    assert "| tuned | -0.050 (p=" in text and "+0.100 (p=" in text

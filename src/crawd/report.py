@@ -63,37 +63,59 @@ def summarise(runs: list[dict]) -> dict[str, dict[str, dict[str, float]]]:
     return summary
 
 
-def significance(runs: list[dict], reference: str = "vanilla") -> dict[str, dict[str, dict[str, float]]]:
-    """Welch's t-test over seeds of each method against ``reference``, per metric.
+def significance(runs: list[dict], reference: str = "vanilla") -> dict[str, dict[str, dict[str, Any]]]:
+    """Each method's difference from ``reference`` per metric, and whether it is significant.
 
-    Returns ``{method: {metric: {"difference", "p_value"}}}``; needs 2+ seeds on both sides.
+    With 2+ seeds on both sides: Welch's t-test over seeds (``test`` "welch"). With one run each
+    (``crawd eval``: several models on the same items): a z-test on the two bootstrap 95%
+    intervals, each read as +-1.96 standard errors (``test`` "ci-z"); it treats the two estimates
+    as independent, which is conservative for models scored on the same items. Returns
+    ``{method: {metric: {"difference", "p_value", "test"}}}``.
     """
-    from scipy.stats import ttest_ind
+    from scipy.stats import norm, ttest_ind
 
     grouped: dict[str, list[dict]] = defaultdict(list)
     for run in runs:
         grouped[run["method"]].append(run)
     if reference not in grouped:
         return {}
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for method, method_runs in grouped.items():
         if method == reference:
             continue
         out[method] = {}
         for name in metric_names(method_runs):
-            a = [value(r["metrics"][name]) for r in method_runs if r["metrics"].get(name) is not None]
-            b = [value(r["metrics"][name]) for r in grouped[reference] if r["metrics"].get(name) is not None]
+            a = [r["metrics"][name] for r in method_runs if r["metrics"].get(name) is not None]
+            b = [r["metrics"][name] for r in grouped[reference] if r["metrics"].get(name) is not None]
             if len(a) >= 2 and len(b) >= 2:
-                test = ttest_ind(a, b, equal_var=False)
-                out[method][name] = {"difference": float(np.mean(a) - np.mean(b)), "p_value": float(test.pvalue)}
+                a_values, b_values = [value(e) for e in a], [value(e) for e in b]
+                out[method][name] = {"difference": float(np.mean(a_values) - np.mean(b_values)), "test": "welch",
+                                     "p_value": float(ttest_ind(a_values, b_values, equal_var=False).pvalue)}
+            elif len(a) == 1 and len(b) == 1 and all(_has_ci(e) for e in (a[0], b[0])):
+                difference = value(a[0]) - value(b[0])
+                se = math.hypot(*((e["ci_high"] - e["ci_low"]) / (2 * 1.959964) for e in (a[0], b[0])))
+                if se > 0:
+                    p_value = 2 * norm.sf(abs(difference) / se)
+                else:  # two exact figures (e.g. accuracy 1.0 and 1.0): equal or not
+                    p_value = 1.0 if difference == 0 else 0.0
+                out[method][name] = {"difference": float(difference), "p_value": float(p_value), "test": "ci-z"}
     return out
 
 
-def significance_markdown(table: dict[str, dict[str, dict[str, float]]], reference: str = "vanilla") -> str:
+def _has_ci(estimate: Any) -> bool:
+    return isinstance(estimate, dict) and estimate.get("ci_low") is not None and estimate.get("ci_high") is not None
+
+
+TEST_NAMES = {"welch": "mean over seeds; Welch's t-test p-value",
+              "ci-z": "one run each; z-test on the two bootstrap 95% intervals, conservative for shared items"}
+
+
+def significance_markdown(table: dict[str, dict[str, dict[str, Any]]], reference: str = "vanilla") -> str:
     names = sorted({n for row in table.values() for n in row})
     if not names:
         return ""
-    lines = [f"Difference from {reference} (mean over seeds; Welch's t-test p-value, * p < 0.05):", "",
+    tests = sorted({cell["test"] for row in table.values() for cell in row.values()})
+    lines = [f"Difference from {reference} ({'; '.join(TEST_NAMES[t] for t in tests)}; * p < 0.05):", "",
              "| method | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
     for method, row in table.items():
         cells = []
@@ -247,8 +269,10 @@ def write_report(results: dict, out_dir: str | Path, title: str = "crawd results
     if plot_crows_groups(results, out_dir / "crows_groups.png"):
         written.append(out_dir / "crows_groups.png")
         figures.append("![CrowS-Pairs per bias type](crows_groups.png)")
-    text = [f"# {title}", "", markdown_table(results), "", significance_markdown(significance(results["runs"])),
-            "", *figures]
+    methods = [run["method"] for run in results["runs"]]
+    reference = "vanilla" if "vanilla" in methods else methods[0] if methods else "vanilla"
+    text = [f"# {title}", "", markdown_table(results), "",
+            significance_markdown(significance(results["runs"], reference), reference), "", *figures]
     if notes:
         text += ["", notes]
     written[1].write_text("\n".join(text) + "\n")
