@@ -328,8 +328,7 @@ def evaluate_cmd(
     if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
         raise ValueError('--eval-options must map benchmark names to option objects, e.g. {"stereoset": {...}}')
     adapters = list(adapter or [])
-    for folder in adapters:
-        crawd.serialization.read_adapter(folder)  # fail before any scoring
+    metas = [crawd.serialization.read_adapter(folder)[0] for folder in adapters]  # fail before any scoring
     dataset = load_data(data, data_dir=data_dir)
     num_labels = dataset["train"].features["label"].num_classes if task == "classification" else None
     results: dict[str, Any] = {"model": model, "adapters": [str(a) for a in adapters], "eval_options": options,
@@ -344,6 +343,9 @@ def evaluate_cmd(
             results["runs"].append(json.loads(done_file.read_text()))
             continue
         base, tokenizer = load_model(model, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        for meta, other in zip(metas, adapters):
+            crawd.serialization.check_base(meta, base, other)
+        metas = []  # checked against the first base loaded, before any scoring
         scored = crawd.load(base, tokenizer, folder) if folder else base
         console.rule(label)
         scores = evaluate(scored, tokenizer, task, names, dataset, resolve_data_dir(data_dir), options)

@@ -106,11 +106,8 @@ def read_adapter(directory: str | os.PathLike) -> tuple[dict[str, Any], dict[str
     return meta, tensors
 
 
-def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | os.PathLike) -> AdaptedModel:
-    """Rebuild the saved model on ``base`` (a fresh transformers model of the same kind)."""
-    from crawd.model import wrap
-
-    meta, tensors = read_adapter(directory)
+def check_base(meta: dict[str, Any], base: PreTrainedModel | PeftModel, directory: str | os.PathLike) -> None:
+    """Raise a one-line error when the adapter described by ``meta`` was saved for another base model."""
     hf = base.get_base_model() if isinstance(base, PeftModel) else base
     saved = meta["base"]
     if saved["fingerprint"] != base_fingerprint(hf):
@@ -119,6 +116,14 @@ def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: s
             f"{saved['hidden_size']}, vocabulary {saved['vocab_size']}); this base is {hf.config.model_type}, "
             f"hidden size {hf.config.hidden_size}, vocabulary {getattr(hf.config, 'vocab_size', None)}"
         )
+
+
+def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | os.PathLike) -> AdaptedModel:
+    """Rebuild the saved model on ``base`` (a fresh transformers model of the same kind)."""
+    from crawd.model import wrap
+
+    meta, tensors = read_adapter(directory)
+    check_base(meta, base, directory)
     config = CrawdConfig.from_dict(meta["crawd"])
     if meta["lora"] is not None and not isinstance(base, PeftModel):
         base = get_peft_model(base, LoraConfig(**meta["lora"]))
