@@ -338,9 +338,10 @@ def evaluate_cmd(
         done_file = out / "runs" / f"{label}.json"
         request = {"model": model, "adapter": str(folder) if folder else None, "task": task, "data": data,
                    "benchmarks": names, "eval_options": options}
-        if done_file.is_file() and json.loads(done_file.read_text()).get("request") == request:
+        earlier = json.loads(done_file.read_text()) if done_file.is_file() else None
+        if earlier is not None and earlier.get("request") == request:
             console.print(f"[dim]{label}: scored earlier, read from {done_file}[/dim]")
-            results["runs"].append(json.loads(done_file.read_text()))
+            results["runs"].append(earlier)
             continue
         base, tokenizer = load_model(model, task, num_labels=num_labels, trust_remote_code=trust_remote_code)
         for meta, other in zip(metas, adapters):
