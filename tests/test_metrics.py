@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from conftest import shared_data_dir
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -306,10 +306,11 @@ def test_run_benchmarks_skips_with_reasons(tok):
 
 # ---------------------------------------------------------------- real data smoke test
 
-DATA = Path(os.environ.get("CRAWD_DATA_DIR", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+DATA = shared_data_dir()
 
 
-@pytest.mark.skipif(not (DATA / "crows_pairs").is_dir(), reason=f"shared data not found at {DATA}")
+@pytest.mark.skipif(DATA is None or not (DATA / "crows_pairs").is_dir(),
+                    reason="the shared data folder (../shared/data or $CRAWD_DATA_DIR) is absent")
 def test_real_data_smoke_tiny_gpt2():
     from tokenizers import decoders, trainers
     from transformers import GPT2Config, GPT2LMHeadModel

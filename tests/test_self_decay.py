@@ -224,13 +224,18 @@ def test_foreign_cache_is_refused(tokenizer):
                   past_key_values=cache, use_cache=True)
 
 
-def test_gradients_reach_lora_only(tokenizer):
-    model = self_model(tiny_model("llama"), tokenizer, decay=0.2).train()
+def backward_on_a_batch(model, tokenizer) -> set[str]:
+    """One training loss backward on the standard batch; returns the trainable parameter names."""
     perturb_lora(model)
     enc = batch(tokenizer)
     labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
     model(**enc, labels=labels).loss.backward()
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    return {n for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_gradients_reach_lora_only(tokenizer):
+    model = self_model(tiny_model("llama"), tokenizer, decay=0.2).train()
+    trainable = backward_on_a_batch(model, tokenizer)
     assert trainable and all("lora_" in n for n in trainable)
     for name, p in model.named_parameters():
         if name in trainable:
@@ -273,11 +278,7 @@ def test_unsupported_settings_are_refused(tokenizer):
 
 
 def test_wrap_dispatches_mode_self(tokenizer):
-    try:
-        model = crawd.wrap(tiny_model("llama"), tokenizer, mode="self")
-    except ValueError as err:  # until model.wrap dispatches mode="self" here
-        pytest.skip(f"crawd.wrap does not dispatch mode='self' yet: {err}")
-    assert isinstance(model, SelfDecayModel)
+    assert isinstance(crawd.wrap(tiny_model("llama"), tokenizer, mode="self"), SelfDecayModel)
 
 
 def test_save_load_roundtrip(tmp_path, tokenizer):
@@ -285,8 +286,7 @@ def test_save_load_roundtrip(tmp_path, tokenizer):
     perturb_lora(model)
     model.save_pretrained(tmp_path)
     loaded = crawd.load(tiny_model("llama"), tokenizer, tmp_path).eval()
-    if not isinstance(loaded, SelfDecayModel):  # until serialization dispatches mode="self"
-        pytest.skip("crawd.load does not dispatch mode='self' yet")
+    assert isinstance(loaded, SelfDecayModel)
     enc = batch(tokenizer, side="left")
     with torch.no_grad():
         assert torch.equal(loaded(**enc).logits, model(**enc).logits)
@@ -360,11 +360,7 @@ def test_contextual_cached_generation_equals_full_recomputation(arch, tokenizer)
 
 def test_contextual_gradients_reach_lora_only(tokenizer):
     model = self_model(tiny_model("llama"), tokenizer, decay=0.2, extra=CTX).train()
-    perturb_lora(model)
-    enc = batch(tokenizer)
-    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
-    model(**enc, labels=labels).loss.backward()
-    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    trainable = backward_on_a_batch(model, tokenizer)
     assert trainable and all("lora_" in n for n in trainable)
     assert all(p.grad is not None for n, p in model.named_parameters() if n in trainable)
 
