@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from crawd import CrossAttentionBlock, topk_decay
+from crawd.block import prefix_topk_mask, topk_mask
 
 
 def t(rows):
@@ -122,3 +123,41 @@ def test_decay_off_at_inference_option():
 def test_heads_must_divide_hidden_size():
     with pytest.raises(ValueError, match="num_heads=3 must divide"):
         make_block(num_heads=3)
+
+
+def test_prefix_cutoff_hand_case():
+    # one head, n = 3, m = 2, top_k 0.5, decay 0.5; row i's cut-off covers rows <= i
+    beta = t([[0.6, 0.4],    # rows <= 0: N 2, k 1, tau 0.6   -> 0.6 decays
+              [0.1, 0.9],    # rows <= 1: N 4, k 2, tau 0.6   -> 0.9 decays, 0.1 stays
+              [0.7, 0.3]])   # rows <= 2: N 6, k 3, tau 0.6   -> 0.7 decays
+    out = torch.where(prefix_topk_mask(beta, torch.ones(3, 2, dtype=torch.bool), 0.5), beta * 0.5, beta)
+    assert torch.allclose(out, t([[0.3, 0.4], [0.1, 0.45], [0.35, 0.3]]))
+    # the per-example cut-off over the whole example (tau 0.6) would also decay row 0's 0.6,
+    # but with a smaller first row it differs: row 0 alone always decays its largest entry
+    beta = t([[0.2, 0.15], [0.9, 0.8], [0.7, 0.6]])
+    prefix = prefix_topk_mask(beta, torch.ones(3, 2, dtype=torch.bool), 0.5)
+    whole = topk_mask(beta, torch.ones(3, 2, dtype=torch.bool), 0.5)
+    assert prefix[0].tolist() == [True, False] and whole[0].tolist() == [False, False]
+    assert torch.equal(prefix[-1], whole[-1])
+
+
+@pytest.mark.parametrize("top_k", [0.0, 0.1, 0.4, 0.5, 1.0])
+def test_prefix_cutoff_equals_per_example_cutoff_of_each_prefix(top_k):
+    gen = torch.Generator().manual_seed(0)
+    beta = (torch.rand(3, 4, 9, 3, generator=gen) * 4).round() / 4  # many ties
+    valid = (torch.rand(3, 1, 9, 1, generator=gen) > 0.2) & (torch.rand(3, 1, 1, 3, generator=gen) > 0.1)
+    got = prefix_topk_mask(beta, valid, top_k)
+    for i in range(9):
+        assert torch.equal(got[..., i, :], topk_mask(beta[..., :i + 1, :], valid[..., :i + 1, :], top_k)[..., i, :])
+
+
+def test_causal_block_rows_do_not_depend_on_later_rows():
+    torch.manual_seed(0)
+    block = CrossAttentionBlock(8, 2, 0.0, None, top_k=0.4, decay=0.2, causal=True).eval()
+    h_b, b_mask = torch.randn(1, 2, 8), torch.ones(1, 2, dtype=torch.bool)
+    h_x = torch.randn(1, 6, 8)
+    other = torch.cat([h_x[:, :3], 5 * torch.randn(1, 3, 8)], dim=1)
+    mask = torch.ones(1, 6, dtype=torch.bool)
+    with torch.no_grad():
+        a, b = block(h_x, h_b, mask, b_mask)[0], block(other, h_b, mask, b_mask)[0]
+    assert torch.equal(a[:, :3], b[:, :3]) and not torch.equal(a[:, 3:], b[:, 3:])

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 # ceil(top_k * N) in float arithmetic can overshoot an exact integer by one ulp
@@ -53,6 +54,43 @@ def topk_mask(beta: torch.Tensor, valid_mask: torch.Tensor, top_k: float) -> tor
     return selected.view_as(beta)
 
 
+@torch.no_grad()
+def prefix_topk_mask(beta: torch.Tensor, valid_mask: torch.Tensor, top_k: float) -> torch.Tensor:
+    """Causal :func:`topk_mask`: the cut-off of row i covers the valid entries of rows <= i only.
+
+    Row i of the result equals row i of ``topk_mask(beta[..., :i + 1, :], ...)``, so no row
+    depends on a later one; the last row's cut-off is the per-example one. An entry x of
+    row i is selected when fewer than k_i = ceil(top_k * N_i) valid entries of rows <= i are
+    strictly larger (x >= tau_i, ties included), N_i the valid entries of rows <= i.
+    The counts come from a merge-style pass over the row-major entries (no loop over rows).
+    """
+    valid = valid_mask.to(torch.bool).expand_as(beta)
+    # within a row, larger entries first: every strictly larger entry of rows <= i then
+    # precedes x in row-major order, so "larger and earlier" counts exactly what is needed
+    values, order = beta.float().masked_fill(~valid, float("-inf")).sort(-1, descending=True)
+    larger = _count_larger_before(values.flatten(-2)).view_as(values)
+    seen = valid.sum(-1).cumsum(-1)  # (..., n): N_i
+    k = torch.ceil(seen.double() * top_k - _CEIL_SLACK).clamp(min=0).long()
+    selected = valid.gather(-1, order) & (larger < k.unsqueeze(-1))
+    return torch.zeros_like(valid).scatter(-1, order, selected)
+
+
+def _count_larger_before(x: torch.Tensor) -> torch.Tensor:
+    """For each j of the last dim, #{i < j : x[i] > x[j]}; bottom-up merge counting, O(N log^2 N)."""
+    n = x.shape[-1]
+    size = 1 << max(n - 1, 0).bit_length()
+    x = F.pad(x, (0, size - n), value=float("-inf"))
+    counts = torch.zeros(x.shape, dtype=torch.long, device=x.device)
+    width = 1
+    while width < size:  # log2(size) passes: each right half block against its left half
+        pairs = x.unflatten(-1, (size // (2 * width), 2, width))
+        left = pairs[..., 0, :].sort(-1).values
+        below_or_equal = torch.searchsorted(left, pairs[..., 1, :].contiguous(), right=True)
+        counts.unflatten(-1, (size // (2 * width), 2, width))[..., 1, :] += width - below_or_equal
+        width *= 2
+    return counts[..., :n]
+
+
 class CrossAttentionBlock(nn.Module):
     """Input positions attend to the reference sequence; the strongest weights decay.
 
@@ -72,6 +110,7 @@ class CrossAttentionBlock(nn.Module):
         renormalize: bool = False,
         decay_at_inference: bool = True,
         layer_norm_eps: float = 1e-5,
+        causal: bool = False,
     ) -> None:
         super().__init__()
         if hidden_size % num_heads:
@@ -80,6 +119,7 @@ class CrossAttentionBlock(nn.Module):
         self.head_dim = hidden_size // num_heads
         self.top_k, self.decay = top_k, decay
         self.topk_scope, self.renormalize, self.decay_at_inference = topk_scope, renormalize, decay_at_inference
+        self.causal = causal  # "example" scope: over the prefix of each position (method spec, section 3)
         self.q_proj = nn.Linear(hidden_size, hidden_size)
         self.k_proj = nn.Linear(hidden_size, hidden_size)
         self.v_proj = nn.Linear(hidden_size, hidden_size)
@@ -113,6 +153,8 @@ class CrossAttentionBlock(nn.Module):
             return beta
         if self.topk_scope == "row":
             out = topk_decay(beta.unsqueeze(-2), valid.unsqueeze(-2), self.top_k, self.decay).squeeze(-2)
+        elif self.causal and self.top_k > 0 and self.decay != 1:
+            out = torch.where(prefix_topk_mask(beta, valid, self.top_k), beta * self.decay, beta)
         else:
             out = topk_decay(beta, valid, self.top_k, self.decay)
         if self.renormalize:
@@ -136,8 +178,8 @@ class CrossAttentionBlock(nn.Module):
             x_mask: (B, n) bool, False at padding.
             b_mask: (1 or B, m) bool, False at padding.
             past_beta, past_mask: during cached generation, the weights (B, h, t, m) and
-                mask (B, t) of the earlier positions: the per-example cut-off then covers
-                the whole sequence so far, as a full recomputation would.
+                mask (B, t) of the earlier positions: the cut-off of a new position then
+                covers its whole prefix, as a full recomputation does.
         """
         beta = self.attention_weights(h_x, h_b, b_mask)
         valid = x_mask[:, None, :, None] & b_mask[:, None, None, :]

@@ -36,8 +36,10 @@ class CrawdConfig:
         head: ``"concat"`` (paper: Linear(2d -> out) on [H_x, H_cross], started as
             [W_base, 0]) or ``"residual"`` (out = base_head(H_x + H_cross P), P a
             zero-started d x d matrix: d^2 new weights instead of d * vocab).
-        topk_scope: ``"example"`` (project default: one cut-off per example and head
-            over all valid (input, reference) pairs) or ``"row"`` (one per input position).
+        topk_scope: ``"example"`` (project default: one cut-off per example and head over
+            its valid (input, reference) pairs; for causal LMs the cut-off of position i
+            covers positions <= i only, so no output depends on a later token) or
+            ``"row"`` (one per input position).
         renormalize: rescale the decayed weights of each row to sum to 1 (paper: no).
         decay_at_inference: apply the decay in eval mode too (project default: yes).
         mode: ``"cross"`` (the paper's design, default) or ``"self"`` (decay the base

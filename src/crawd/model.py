@@ -40,7 +40,7 @@ class CrawdModel(AdaptedModel):
         dtype = next(self.hf.parameters()).dtype
         self.block = CrossAttentionBlock(
             d, config.num_heads, config.dropout, config.ffn_dim, config.top_k, config.decay,
-            config.topk_scope, config.renormalize, config.decay_at_inference,
+            config.topk_scope, config.renormalize, config.decay_at_inference, causal=not self.is_encoder,
         ).to(dtype)
         base_out = self.hf.get_output_embeddings() if self.task == "lm" else self.classifier
         if config.head == "concat":
