@@ -65,7 +65,7 @@ def test_cda_swaps_both_ways_and_appends():
 
 
 def test_cda_word_rules():
-    from crawd.methods.baselines import _lexicon, swap_text
+    from crawd.lexicon import gender_lexicon as _lexicon, swap_text
 
     swaps, names = _lexicon(None)  # built-in core pairs and names only
     assert swap_text("She told her that his work was hers.", swaps, names) == "He told him that her work was his."
@@ -93,7 +93,7 @@ def test_cda_replace_mode_and_extra_pairs():
 
 @pytest.mark.skipif(shared_data_dir() is None, reason="the shared data folder (word lists) is absent")
 def test_cda_uses_the_shared_word_lists():
-    from crawd.methods.baselines import _lexicon
+    from crawd.lexicon import gender_lexicon as _lexicon
 
     swaps, names = _lexicon(str(shared_data_dir()))
     for male, female in (("spokesman", "spokeswoman"), ("nephew", "niece"), ("king", "queen"), ("sir", "madam")):

@@ -24,9 +24,13 @@ from transformers.generation.logits_process import (
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 from crawd.config import CrawdConfig
+from crawd.counterfactual import DebiasObjective
+from crawd.lexicon import gender_lexicon, wordlist_dir
 from crawd.models import ENCODER_MODEL_TYPES
 
 #: LoRA settings kept in a saved adapter (enough to rebuild the same adapter on load).
+#: batch keys of the counterfactual twins (:class:`crawd.counterfactual.TwinCollator`)
+TWIN_KEYS = ("twin_input_ids", "twin_attention_mask", "twin_labels", "twin_source", "neutral")
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora",
              "layers_to_transform", "fan_in_fan_out")
 
@@ -71,6 +75,12 @@ class AdaptedModel(nn.Module):
         self.base = base
         if self.task == "classification":
             self.classifier.requires_grad_(True)  # a new classifier always trains
+        self.objective: DebiasObjective | None = None
+        if self.config.counterfactual > 0 or self.config.equalize > 0:
+            vocab = self.hf.get_output_embeddings().out_features if self.task == "lm" else 0
+            swaps, names = gender_lexicon(wordlist_dir(self.config))
+            self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config.counterfactual,
+                                             self.config.equalize, self.config.equalize_positions)
 
     # ---- the pieces of the base model -------------------------------------------------
     @property
@@ -164,9 +174,38 @@ class AdaptedModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs.pop("num_items_in_batch", None)  # passed by the Trainer
+        twins = {k: kwargs.pop(k) for k in TWIN_KEYS if k in kwargs}
+        if self.objective is not None and self.training and labels is not None:
+            return self.debiased_forward(input_ids, attention_mask, labels, twins, **kwargs)
         out = self.encode(input_ids, attention_mask, **kwargs)
         logits = self.head(out.last_hidden_state, attention_mask)
         return self.output(self.task_loss(logits, labels), logits, out)
+
+    def debiased_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
+                         twins: dict[str, torch.Tensor], **kwargs: Any) -> CausalLMOutputWithPast | SequenceClassifierOutput:
+        """Training forward with the counterfactual terms: rows and their twins in one backbone pass."""
+        batch, length = input_ids.shape
+        ids, mask, all_labels = input_ids, attention_mask, labels
+        if twins:
+            width = max(length, twins["twin_input_ids"].shape[1])
+
+            def cat(own: torch.Tensor, twin: torch.Tensor, value: int) -> torch.Tensor:
+                return torch.cat([F.pad(own, (0, width - own.shape[1]), value=value),
+                                  F.pad(twin, (0, width - twin.shape[1]), value=value)])
+
+            ids = cat(input_ids, twins["twin_input_ids"], 0)
+            mask = cat(attention_mask, twins["twin_attention_mask"].to(attention_mask.dtype), 0)
+            all_labels = (cat(labels, twins["twin_labels"], -100) if self.task == "lm"
+                          else torch.cat([labels, twins["twin_labels"]]))
+        out = self.encode(ids, mask, **kwargs)
+        logits = self.head(out.last_hidden_state, mask)
+        own = logits[:batch, :length] if self.task == "lm" else logits[:batch]
+        twin_logits = None
+        if twins:
+            twin_logits = logits[batch:, :twins["twin_input_ids"].shape[1]] if self.task == "lm" else logits[batch:]
+        term = self.objective.loss(own, attention_mask, twin_logits, twins.get("twin_attention_mask"),
+                                   twins.get("twin_source"), twins.get("neutral"))
+        return self.output(self.task_loss(logits, all_labels) + term, own, out)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         """Mean cross-entropy: next token (labels shifted inside, -100 ignored) or class."""

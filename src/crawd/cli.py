@@ -212,7 +212,8 @@ def demo(
     console.print(f"report: {', '.join(str(p) for p in paths)}  ({results['wall_seconds'] / 60:.1f} min)")
 
 
-COMPARE_KEYS = {"name", "model", "task", "data", "data_options", "data_dir", "benchmarks", "eval_options", "seeds",
+COMPARE_KEYS = {"name", "model", "task", "data", "data_options", "data_dir", "benchmarks", "eval_options", "eval_split",
+                "seeds",
                 "settings", "quick", "crawd", "methods", "tradeoff", "notes"}
 
 
@@ -282,7 +283,8 @@ def compare(
     results = run_experiment(spec.get("model", "smollm2-135m"), spec.get("task", "lm"), data, runs, out,
                              CrawdConfig.from_dict(spec.get("crawd", {})), settings,
                              spec.get("benchmarks", ["gas", "ppl"]), data_dir=data_dir,
-                             eval_options=spec.get("eval_options"), console=console)
+                             eval_options=spec.get("eval_options"), console=console,
+                             eval_split=spec.get("eval_split", "test"))
     results["wall_seconds"] = time.perf_counter() - start
     tradeoff = tuple(spec["tradeoff"]) if spec.get("tradeoff") else None
     write_report(results, out, f"crawd compare: {name}", tradeoff=tradeoff, notes=spec.get("notes", ""))

@@ -16,6 +16,7 @@ from typing import Any
 HEADS = ("concat", "residual")
 SCOPES = ("example", "row")
 MODES = ("cross", "self")
+EQUALIZE_POSITIONS = ("neutral", "all")
 
 
 @dataclass
@@ -51,6 +52,13 @@ class CrawdConfig:
         lora_r, lora_alpha, lora_dropout: LoRA settings (paper: 16, 32, 0.1).
         lora_target_modules: modules LoRA adapts; ``None`` means peft's default for the
             architecture.
+        counterfactual: weight of the counterfactual consistency loss (0: off): each training
+            row gets a gender-swapped twin in the same batch, and the two rows' predictions
+            must agree up to the swap (symmetric KL; :mod:`crawd.counterfactual`).
+        equalize: weight of the equalizing loss of Qian et al. (2019) (0: off): |log P(she) -
+            log P(he)| and the like for every pair of gendered words.
+        equalize_positions: ``"neutral"`` (positions whose prefix holds no gendered word) or
+            ``"all"`` (every position, as Qian et al.).
     """
 
     sensitive_words: tuple[str, ...] = ("he", "she")
@@ -71,6 +79,9 @@ class CrawdConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_target_modules: tuple[str, ...] | None = None
+    counterfactual: float = 0.0
+    equalize: float = 0.0
+    equalize_positions: str = "neutral"
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -96,6 +107,11 @@ class CrawdConfig:
         _check_choice("head", self.head, HEADS)
         _check_choice("topk_scope", self.topk_scope, SCOPES)
         _check_choice("mode", self.mode, MODES)
+        _check_choice("equalize_positions", self.equalize_positions, EQUALIZE_POSITIONS)
+        for name in ("counterfactual", "equalize"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
+                raise ValueError(f"{name} must be a weight >= 0, got {value!r}")
         for name in ("num_heads", "lora_r", "lora_alpha"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

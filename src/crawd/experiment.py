@@ -69,21 +69,24 @@ def headline(benchmark: str, result: dict) -> dict[str, Any]:
     return out
 
 
-def evaluation_options(task: str, data: DatasetDict) -> dict[str, Any]:
-    """Options the data-dependent benchmarks need, from the test split."""
-    test = data["test"]
+def evaluation_options(task: str, data: DatasetDict, split: str = "test") -> dict[str, Any]:
+    """Options the data-dependent benchmarks need, from ``split`` (test, or validation to choose settings)."""
+    if split not in data:
+        raise ValueError(f"the data has no {split!r} split (it has {', '.join(data)})")
+    test = data[split]
     if task == "lm":
         return {"texts": list(test["text"])}
     return {"texts": list(test["text"]), "labels": list(test["label"]), "groups": list(test["gender"])}
 
 
 def evaluate(model: Any, tokenizer: Any, task: str, benchmarks: list[str], data: DatasetDict,
-             data_dir: str | Path | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
+             data_dir: str | Path | None, options: dict[str, Any] | None = None,
+             split: str = "test") -> dict[str, Any]:
     """Score ``model`` on ``benchmarks``; returns ``{"metrics": headline figures, "benchmarks": all}``."""
     model.eval()
     kind = "decoder" if task == "lm" else "classifier"
     full = run_benchmarks(model, tokenizer, benchmarks, data_dir=data_dir, model_kind=kind,
-                          **evaluation_options(task, data), **(options or {}))
+                          **evaluation_options(task, data, split), **(options or {}))
     metrics: dict[str, Any] = {}
     for name, entry in full.items():
         if entry["status"] == "ok":
@@ -103,14 +106,16 @@ def run_experiment(
     data_dir: str | Path | None = None,
     eval_options: dict[str, Any] | None = None,
     console: Console | None = None,
+    eval_split: str = "test",
 ) -> dict[str, Any]:
-    """Train and score every run; write ``out_dir/results.json`` after each. Returns the results."""
+    """Train and score every run on ``eval_split``; write ``out_dir/results.json`` after each. Returns the results."""
     console = console or Console()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     num_labels = data["train"].features["label"].num_classes if task == "classification" else None
     results: dict[str, Any] = {"model": model_name, "task": task, "benchmarks": benchmarks,
-                               "settings": asdict(settings), "config": config.to_dict(), "runs": []}
+                               "settings": asdict(settings), "config": config.to_dict(), "eval_split": eval_split,
+                               "runs": []}
     for spec in runs:
         run_dir = out_dir / "runs" / f"{spec.name}-seed{spec.seed}"
         done_file = run_dir / "run.json"
@@ -134,7 +139,7 @@ def run_experiment(
                                "seconds_per_step": trained.seconds / max(trained.steps, 1),
                                "adapter": trained.adapter_dir}
         start = time.perf_counter()
-        record.update(evaluate(model, tokenizer, task, benchmarks, data, data_dir, eval_options))
+        record.update(evaluate(model, tokenizer, task, benchmarks, data, data_dir, eval_options, eval_split))
         record["eval_seconds"] = time.perf_counter() - start
         write_json(done_file, record)
         results["runs"].append(record)

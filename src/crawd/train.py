@@ -249,10 +249,17 @@ def train(
     column = getattr(model, "sensitive_column", None)  # a model that trains on the sensitive attribute
     sensitive = model.sensitive_ids(list(train_set[column])) if column else None
     tokenized = tokenize(train_set, tokenizer, model.task, settings.seq_len, sensitive)
+    collator = Collator(tokenizer, model.task)
+    rows_per_example = 1
+    objective = getattr(model, "objective", None)
+    if objective is not None and objective.needs_twins:  # twins ride in the batch: batch_size counts both
+        if settings.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 with counterfactual twins (each row brings its twin)")
+        collator, rows_per_example = objective.collator(collator, tokenizer), 2
     args = TrainingArguments(
         output_dir=str(out_dir),
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size,
+        per_device_train_batch_size=settings.batch_size // rows_per_example,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay,
@@ -271,7 +278,7 @@ def train(
         use_cpu=not torch.cuda.is_available(),
         **settings.extra_args,
     )
-    trainer = CrawdTrainer(model=model, args=args, train_dataset=tokenized, data_collator=Collator(tokenizer, model.task))
+    trainer = CrawdTrainer(model=model, args=args, train_dataset=tokenized, data_collator=collator)
     resume = get_last_checkpoint(str(out_dir))
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)

@@ -236,6 +236,8 @@ def synthetic_bios(
     occupations_tsv: str | None = None,
     data_dir: str | None = None,
     hide_title: bool = False,
+    n_val: int = 0,
+    paired: bool = False,
 ) -> DatasetDict:
     """Generate short biographies; the task is to predict the occupation.
 
@@ -262,32 +264,44 @@ def synthetic_bios(
             signal left is the person's gender, and a classifier that learnt
             the training skew shows it as a TPR gap. The random draws are the
             same as with the title.
+        n_val: size of a ``validation`` split drawn like test (gender-balanced, after
+            test, so train and test do not change), for choosing hyper-parameters; 0: none.
+        paired: test (and validation) rows come in counterfactual pairs: each woman's bio
+            has a man's twin with the same draws (template, city, school, focus, quality,
+            years, surname) and the first name at the same position of the other list, so
+            a gap between the two halves is the model's use of gender, not sampling noise.
     """
-    if min(n_train, n_test) < len(OCCUPATIONS):
-        raise ValueError(f"n_train and n_test must be at least {len(OCCUPATIONS)} (one row per occupation)")
+    if min(n_train, n_test) < len(OCCUPATIONS) or 0 < n_val < len(OCCUPATIONS):
+        raise ValueError(f"n_train, n_test and n_val (when given) must be at least {len(OCCUPATIONS)} "
+                         "(one row per occupation)")
     shares = female_share(data_dir, occupations_tsv)
     rng = random.Random(seed)
 
-    def split(n: int, share_of: dict[str, float]) -> pd.DataFrame:
+    def row(occupation: str, gender: str) -> dict[str, str]:
+        return {"text": _bio(rng, occupation, gender, hide_title), "label": occupation, "gender": gender,
+                "occupation": occupation}
+
+    def split(n: int, share_of: dict[str, float], twins: bool = False) -> pd.DataFrame:
         rows = []
         for i, occupation in enumerate(OCCUPATIONS):
             count = n // len(OCCUPATIONS) + (i < n % len(OCCUPATIONS))
+            if twins:
+                for _ in range(count // 2):
+                    state = rng.getstate()
+                    rows.append(row(occupation, "female"))
+                    rng.setstate(state)  # the same draws: the name lists have the same length
+                    rows.append(row(occupation, "male"))
+                count %= 2
             women = round(share_of[occupation] * count)
-            for gender in ["female"] * women + ["male"] * (count - women):
-                rows.append(
-                    {
-                        "text": _bio(rng, occupation, gender, hide_title),
-                        "label": occupation,
-                        "gender": gender,
-                        "occupation": occupation,
-                    }
-                )
+            rows += [row(occupation, gender) for gender in ["female"] * women + ["male"] * (count - women)]
         rng.shuffle(rows)
         return pd.DataFrame(rows)
 
+    balanced = dict.fromkeys(OCCUPATIONS, 0.5)
     train = split(n_train, {o: sharpen(shares[o], skew) for o in OCCUPATIONS})
-    test = split(n_test, dict.fromkeys(OCCUPATIONS, 0.5))
-    return build_dataset(train, test, "synthetic bios", label_names=OCCUPATIONS)
+    test = split(n_test, balanced, paired)
+    validation = split(n_val, balanced, paired) if n_val else None
+    return build_dataset(train, test, "synthetic bios", label_names=OCCUPATIONS, validation=validation)
 
 
 def _bio(rng: random.Random, occupation: str, gender: str, hide_title: bool = False) -> str:

@@ -88,6 +88,7 @@ def build_dataset(
     source: str,
     label_names: Sequence[str] | None = None,
     names: Mapping[str, str] | None = None,
+    validation: pd.DataFrame | None = None,
 ) -> DatasetDict:
     """Validate two splits and return them as a DatasetDict with a ``ClassLabel`` label.
 
@@ -98,12 +99,17 @@ def build_dataset(
             these names. None: the names are the sorted distinct train labels
             (so integer labels 0..k-1 keep their ids).
         names: common column -> the user's column name, for error messages.
+        validation: an optional third split (``"validation"``), checked as ``test`` is.
     """
     validate(train, test, source, names)
+    if validation is not None:
+        validate(train, validation, f"{source} (validation)", names)
     if label_names is None:
         label_names = sorted(train["label"].unique())
     index = {value: i for i, value in enumerate(label_names)}
     unknown = (set(train["label"]) | set(test["label"])) - set(index)
+    if validation is not None:
+        unknown |= set(validation["label"]) - set(index)
     if unknown:
         raise ValueError(
             f"{source}: unknown labels {sorted(map(str, unknown))[:10]}; expected one of {list(label_names)}"
@@ -125,7 +131,8 @@ def build_dataset(
         features["label"] = class_label
         return Dataset.from_pandas(frame, features=features, preserve_index=False)
 
-    return DatasetDict(train=encode(train), test=encode(test))
+    splits = {"train": train, "test": test, **({"validation": validation} if validation is not None else {})}
+    return DatasetDict({name: encode(frame) for name, frame in splits.items()})
 
 
 def stratified_split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:

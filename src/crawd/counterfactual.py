@@ -1,0 +1,267 @@
+"""Counterfactual twins and the two loss terms built on them (``counterfactual``, ``equalize``).
+
+Twins. :class:`TwinCollator` gives every training row a twin: its text with the gendered
+words and first names swapped (:func:`crawd.lexicon.swap_text`), tokenized again and
+aligned to the original token by token (``difflib`` matching of the two id lists: equal
+runs align one to one; a swapped word that changed its token count aligns at its last
+token, whose prediction is that of the word after it). The twins ride in the same batch
+as their originals, so one backbone pass serves both and the training step costs what
+vanilla's does at the same number of rows (``train`` halves the loader's batch size).
+
+Counterfactual consistency (weight ``CrawdConfig.counterfactual``; BiasEdit-style): at
+every aligned position, the next-token distribution of a row and that of its twin, the
+latter with its gendered tokens mapped back (he <-> she, ...), agree in symmetric KL.
+Where the prefix holds no gendered word the twin's prefix is the original one, so the
+term asks P(he | "The nurse said that") = P(she | ...): the occupation cannot pick the
+pronoun. After "Mary ... " it asks only for gender-equivariance, which the training text
+itself satisfies, so the pronoun the context calls for keeps its probability.
+Classifiers: the twins' class distributions agree (invariance).
+
+Equalizing (weight ``CrawdConfig.equalize``; Qian et al. 2019): mean over paired
+gendered words of |log P(female word) - log P(male word)| at every position
+(``equalize_positions="all"``, as in the paper) or only where the prefix holds no
+gendered word (``"neutral"``). It differs from the ``debias_tuning`` baseline, which
+penalises the total mass P_f + P_m and the absolute gap |P_f - P_m|: that pushes
+gendered words down everywhere (they are the right words after "Mary ..."), and an
+absolute gap has almost no gradient when both words are unlikely; a log-ratio per pair
+is scale-free and leaves the total free.
+
+Output classes. "her" is the twin of both "his" and "him", so the vocabulary is not
+simply permuted: tokens linked by the lexicon form bipartite groups ({her, hers} <->
+{his, him}), each side's probability is summed into one class, and the swap maps class
+to class. Only single-token spellings (word, " word", capitalised) take part.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedTokenizerBase
+
+from crawd.lexicon import swap_text
+
+#: Pronouns whose swap depends on context (see :func:`crawd.lexicon.swap_text`), as word pairs.
+PRONOUN_PAIRS = (("his", "her"), ("him", "her"), ("his", "hers"))
+
+
+# ---- twins ------------------------------------------------------------------------------
+
+def align(original: list[int], twin: list[int]) -> tuple[list[int], int]:
+    """For each twin position, the aligned original position (-1: none); and the length of
+    the unchanged prefix (positions whose prefix is the same in both)."""
+    source = [-1] * len(twin)
+    prefix = min(len(original), len(twin))
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, original, twin, autojunk=False).get_opcodes():
+        if tag == "equal":
+            source[j1:j2] = range(i1, i2)
+        else:
+            prefix = min(prefix, i1, j1)
+            if tag == "replace":
+                source[j2 - 1] = i2 - 1
+    return source, prefix
+
+
+class TwinCollator:
+    """Wrap a collator: append to each right-padded batch the counterfactual twin of every row.
+
+    Adds ``twin_input_ids``, ``twin_attention_mask``, ``twin_labels`` (causal LMs: the twin's
+    ids where the original target was supervised, else -100; classifiers: the row's label),
+    ``twin_source`` (aligned original position per twin position, -1 none) and
+    ``neutral`` (B, n) bool: original positions whose whole prefix the swap leaves unchanged.
+    """
+
+    def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
+                 tokenizer: PreTrainedTokenizerBase, swaps: dict[str, str], names: dict[str, str],
+                 task: str) -> None:
+        self.collate, self.tokenizer, self.swaps, self.names, self.task = collate, tokenizer, swaps, names, task
+
+    def twin_ids(self, ids: list[int]) -> list[int]:
+        text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        swapped = swap_text(text, self.swaps, self.names)
+        return ids if swapped == text else self.tokenizer(swapped, add_special_tokens=False)["input_ids"]
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = self.collate(features)
+        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+        rows, sources, prefixes = [], [], []
+        for row in range(ids.shape[0]):
+            original = ids[row][mask[row]].tolist()
+            twin = self.twin_ids(original)
+            source, prefix = align(original, twin)
+            rows.append(twin), sources.append(source), prefixes.append(prefix)
+        width = max(map(len, rows))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        twin_ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        twin_source = torch.full((len(rows), width), -1, dtype=torch.long)
+        for row, (twin, source) in enumerate(zip(rows, sources)):
+            twin_ids[row, :len(twin)] = torch.tensor(twin)
+            twin_source[row, :len(source)] = torch.tensor(source)
+        twin_mask = torch.arange(width)[None, :] < torch.tensor(list(map(len, rows)))[:, None]
+        batch["twin_input_ids"], batch["twin_attention_mask"] = twin_ids, twin_mask.long()
+        batch["twin_source"] = twin_source
+        batch["neutral"] = torch.arange(ids.shape[1])[None, :] < torch.tensor(prefixes)[:, None]
+        labels = batch["labels"]
+        if self.task == "lm":
+            # a twin token is a target where the original token it comes from was one
+            nearest = twin_source.clone()
+            for row, source in enumerate(sources):  # a token inside a swapped word takes the word's last one
+                last = 0
+                for j in range(len(source) - 1, -1, -1):
+                    last = source[j] if source[j] >= 0 else last
+                    nearest[row, j] = last
+            supervised = labels.gather(1, nearest.clamp(min=0)) != -100
+            batch["twin_labels"] = twin_ids.masked_fill(~(supervised & twin_mask), -100)
+        else:
+            batch["twin_labels"] = labels.clone()
+        return batch
+
+
+# ---- output classes -----------------------------------------------------------------------
+
+def _single_token(tokenizer: PreTrainedTokenizerBase, form: str) -> int | None:
+    ids = tokenizer(form, add_special_tokens=False)["input_ids"]
+    return ids[0] if len(ids) == 1 and ids[0] != tokenizer.unk_token_id else None
+
+
+def token_pairs(tokenizer: PreTrainedTokenizerBase, word_pairs: list[tuple[str, str]]) -> list[tuple[int, int]]:
+    """Single-token spellings of each pair (word, " word", Word, " Word"), as id pairs."""
+    out = set()
+    for a, b in word_pairs:
+        for spell in (lambda w: w, lambda w: " " + w, lambda w: w[:1].upper() + w[1:],
+                      lambda w: " " + w[:1].upper() + w[1:]):
+            ia, ib = _single_token(tokenizer, spell(a)), _single_token(tokenizer, spell(b))
+            if ia is not None and ib is not None and ia != ib:
+                out.add((ia, ib))
+    return sorted(out)
+
+
+def bipartite_groups(pairs: list[tuple[int, int]]) -> list[tuple[list[int], list[int]]]:
+    """Connected groups of linked tokens, each split into its two sides; groups whose links
+    are not two-sided (a token on both sides) are left out."""
+    links: dict[int, set[int]] = {}
+    for a, b in pairs:
+        links.setdefault(a, set()).add(b)
+        links.setdefault(b, set()).add(a)
+    side: dict[int, int] = {}
+    groups = []
+    for start in sorted(links):
+        if start in side:
+            continue
+        side[start], stack, members, ok = 0, [start], [start], True
+        while stack:
+            node = stack.pop()
+            for other in links[node]:
+                if other not in side:
+                    side[other] = 1 - side[node]
+                    stack.append(other), members.append(other)
+                elif side[other] == side[node]:
+                    ok = False
+        if ok:
+            groups.append((sorted(m for m in members if side[m] == 0), sorted(m for m in members if side[m] == 1)))
+    return groups
+
+
+class GenderedClasses(nn.Module):
+    """The vocabulary as classes: each side of a gendered group is one class, every other token its own.
+
+    ``class_logprobs`` gives log-probabilities over the kept classes (K = V minus the
+    merged-away tokens); ``swap`` (K,) maps each class to its gender counterpart;
+    ``word_pairs`` (P, 2) are the class indices of the paired gendered words (names excluded).
+    """
+
+    def __init__(self, vocab_size: int, groups: list[tuple[list[int], list[int]]], word_tokens: set[int]) -> None:
+        super().__init__()
+        sides = [side for group in groups for side in group]
+        merged = [side for side in sides if len(side) > 1]
+        width = max((len(side) for side in merged), default=1)
+        members = torch.full((len(merged), width), vocab_size, dtype=torch.long)  # vocab_size: a -inf column
+        for row, side in enumerate(merged):
+            members[row, :len(side)] = torch.tensor(side)
+        dropped = sorted(t for side in merged for t in side[1:])
+        keep = torch.ones(vocab_size, dtype=torch.bool)
+        keep[dropped] = False
+        kept = keep.nonzero().squeeze(-1)
+        position = torch.full((vocab_size,), -1, dtype=torch.long)
+        position[kept] = torch.arange(len(kept))
+        swap = torch.arange(len(kept))
+        pairs = []
+        for a, b in groups:
+            swap[position[a[0]]], swap[position[b[0]]] = position[b[0]], position[a[0]]
+            if set(a + b) & word_tokens:
+                pairs.append((int(position[a[0]]), int(position[b[0]])))
+        self.register_buffer("members", members, persistent=False)
+        self.register_buffer("merged_rep", torch.tensor([side[0] for side in merged], dtype=torch.long), persistent=False)
+        self.register_buffer("kept", kept, persistent=False)
+        self.register_buffer("swap", swap, persistent=False)
+        self.register_buffer("word_pairs", torch.tensor(pairs, dtype=torch.long).view(-1, 2), persistent=False)
+
+    def class_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
+        logp = logits.float().log_softmax(-1)
+        if len(self.merged_rep):
+            padded = F.pad(logp, (0, 1), value=float("-inf"))
+            logp = logp.index_copy(-1, self.merged_rep, padded[..., self.members].logsumexp(-1))
+        return logp[..., self.kept]
+
+
+def symmetric_kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
+    """0.5 (KL(p || q) + KL(q || p)) over the last dim, from log-probabilities."""
+    diff = p_log - q_log
+    return 0.5 * ((p_log.exp() - q_log.exp()) * diff).sum(-1)
+
+
+class DebiasObjective(nn.Module):
+    """The training-loss terms of :mod:`crawd.counterfactual` for one model (see module doc)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, swaps: dict[str, str],
+                 names: dict[str, str], task: str, counterfactual: float, equalize: float,
+                 equalize_positions: str) -> None:
+        super().__init__()
+        self.task, self.counterfactual, self.equalize = task, counterfactual, equalize
+        self.equalize_positions = equalize_positions
+        self.swaps, self.names = swaps, names
+        if task == "lm":
+            words = sorted({tuple(sorted((a, b))) for a, b in swaps.items()}) + list(PRONOUN_PAIRS)
+            word_ids = token_pairs(tokenizer, words)
+            name_ids = token_pairs(tokenizer, sorted({tuple(sorted(p)) for p in names.items()}))
+            if not word_ids:
+                raise ValueError("counterfactual / equalize: no gendered word pair is a single token of this "
+                                 "tokenizer (he / she, his / her, ...)")
+            self.classes = GenderedClasses(vocab_size, bipartite_groups(word_ids + name_ids),
+                                           {t for pair in word_ids for t in pair})
+
+    @property
+    def needs_twins(self) -> bool:
+        return self.counterfactual > 0 or (self.equalize > 0 and self.equalize_positions == "neutral")
+
+    def collator(self, collate: Callable, tokenizer: PreTrainedTokenizerBase) -> Callable:
+        return TwinCollator(collate, tokenizer, self.swaps, self.names, self.task) if self.needs_twins else collate
+
+    def loss(self, logits: torch.Tensor, mask: torch.Tensor, twin_logits: torch.Tensor | None = None,
+             twin_mask: torch.Tensor | None = None, twin_source: torch.Tensor | None = None,
+             neutral: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted terms for a batch's logits (B, n, V) or (B, C) and its twins' (if any)."""
+        total = logits.new_zeros((), dtype=torch.float32)
+        if self.task != "lm":
+            if self.counterfactual > 0 and twin_logits is not None:
+                total = total + self.counterfactual * symmetric_kl(
+                    logits.float().log_softmax(-1), twin_logits.float().log_softmax(-1)).mean()
+            return total
+        if self.counterfactual > 0 and twin_logits is not None:
+            rows, cols = ((twin_source >= 0) & twin_mask.bool()).nonzero(as_tuple=True)
+            p_log = self.classes.class_logprobs(logits[rows, twin_source[rows, cols]])
+            q_log = self.classes.class_logprobs(twin_logits[rows, cols])[..., self.classes.swap]
+            total = total + self.counterfactual * symmetric_kl(p_log, q_log).mean()
+        if self.equalize > 0:
+            where = mask.bool() & neutral if self.equalize_positions == "neutral" else mask.bool()
+            chosen = [self.classes.class_logprobs(logits[where])]
+            if self.equalize_positions == "all" and twin_logits is not None:
+                chosen.append(self.classes.class_logprobs(twin_logits[twin_mask.bool()]))
+            logp = torch.cat(chosen)
+            pairs = self.classes.word_pairs
+            total = total + self.equalize * (logp[:, pairs[:, 0]] - logp[:, pairs[:, 1]]).abs().mean()
+        return total
