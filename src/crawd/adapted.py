@@ -25,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassi
 
 from crawd.config import CrawdConfig
 from crawd.counterfactual import DebiasObjective
+from crawd.erasure import ConceptEraser
 from crawd.lexicon import gender_lexicon, wordlist_dir
 from crawd.models import ENCODER_MODEL_TYPES
 
@@ -75,12 +76,18 @@ class AdaptedModel(nn.Module):
         self.base = base
         if self.task == "classification":
             self.classifier.requires_grad_(True)  # a new classifier always trains
+        self.eraser: ConceptEraser | None = None
+        if self.config.erase:
+            self.eraser = ConceptEraser(self.hidden_size).to(next(self.hf.parameters()).device)
+            self.sensitive_column = self.config.erase_column  # train() hands over the attribute per row
+            self.sensitive_values: list[str] | None = None
         self.objective: DebiasObjective | None = None
         if self.config.counterfactual > 0 or self.config.equalize > 0:
             vocab = self.hf.get_output_embeddings().out_features if self.task == "lm" else 0
             swaps, names = gender_lexicon(wordlist_dir(self.config))
             self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config.counterfactual,
-                                             self.config.equalize, self.config.equalize_positions)
+                                             self.config.equalize, self.config.equalize_positions,
+                                             self.config.counterfactual_names)
 
     # ---- the pieces of the base model -------------------------------------------------
     @property
@@ -119,7 +126,48 @@ class AdaptedModel(nn.Module):
     # ---- forward ----------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
         """Run the backbone; returns its output (``last_hidden_state``, ``past_key_values``)."""
-        return self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        return self.erased(self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs))
+
+    def erased(self, out: Any) -> Any:
+        """The backbone output with the concept eraser (if any) applied to its last hidden state."""
+        if self.eraser is not None:
+            out.last_hidden_state = self.eraser(out.last_hidden_state)
+        return out
+
+    def sensitive_ids(self, values: list[Any]) -> list[int]:
+        """Integer ids of the sensitive attribute per training row (the eraser's concept)."""
+        values = [str(v) for v in values]
+        if self.sensitive_values is None:
+            self.sensitive_values = sorted(set(values))
+        index = {v: i for i, v in enumerate(self.sensitive_values)}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise ValueError(f"erase: sensitive values {unknown[:5]} were not seen when the eraser was set up")
+        return [index[v] for v in values]
+
+    @torch.no_grad()
+    def fit_eraser(self, batches: list[dict[str, torch.Tensor]]) -> None:
+        """Fit the eraser on the H_x of ``batches`` (collated rows with ``sensitive_labels``), eraser off."""
+        was_training = self.training
+        self.eval()
+        self.eraser.active = False
+        states, concept = [], []
+        try:
+            device = next(self.hf.parameters()).device
+            for batch in batches:
+                ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+                hidden = self.encode(ids, mask).last_hidden_state
+                labels = batch["sensitive_labels"].to(device)
+                if self.task == "lm":
+                    keep = mask.bool()
+                    states.append(hidden[keep]), concept.append(labels[:, None].expand_as(mask)[keep])
+                else:
+                    states.append(hidden[torch.arange(len(ids), device=device), self.pool_index(mask)])
+                    concept.append(labels)
+            self.eraser.fit(torch.cat(states).float(), torch.cat(concept))
+        finally:
+            self.eraser.active = True
+            self.train(was_training)
 
     def final_representation(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """What the head consumes per position: the backbone's last hidden state (CrawdModel adds its own)."""
@@ -175,6 +223,7 @@ class AdaptedModel(nn.Module):
             attention_mask = torch.ones_like(input_ids)
         kwargs.pop("num_items_in_batch", None)  # passed by the Trainer
         twins = {k: kwargs.pop(k) for k in TWIN_KEYS if k in kwargs}
+        kwargs.pop("sensitive_labels", None)  # the eraser's concept, used by fit_eraser only
         if self.objective is not None and self.training and labels is not None:
             return self.debiased_forward(input_ids, attention_mask, labels, twins, **kwargs)
         out = self.encode(input_ids, attention_mask, **kwargs)
@@ -282,8 +331,11 @@ class AdaptedModel(nn.Module):
 
     # ---- parameters and saving --------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights this method trains (adapter, new head, block): all that is saved."""
-        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        """The weights this method trains (adapter, new head, block) and the fitted eraser: all that is saved."""
+        state = {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+        if self.eraser is not None:
+            state.update({f"eraser.{name}": b.detach() for name, b in self.eraser.named_buffers()})
+        return state
 
     def save_pretrained(self, directory: str) -> None:
         """Write the trained weights (safetensors) and the settings (JSON) to ``directory``."""

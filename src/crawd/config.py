@@ -17,6 +17,7 @@ HEADS = ("concat", "residual")
 SCOPES = ("example", "row")
 MODES = ("cross", "self")
 EQUALIZE_POSITIONS = ("neutral", "all")
+TWIN_NAMES = ("swap", "neutral")
 
 
 @dataclass
@@ -55,10 +56,18 @@ class CrawdConfig:
         counterfactual: weight of the counterfactual consistency loss (0: off): each training
             row gets a gender-swapped twin in the same batch, and the two rows' predictions
             must agree up to the swap (symmetric KL; :mod:`crawd.counterfactual`).
+        counterfactual_names: first names in a row and its twin: ``"swap"`` (the twin gets the
+            other gender's name) or ``"neutral"`` (both get the same gender-neutral name, so the
+            pair shares its prefix up to the first gendered word).
         equalize: weight of the equalizing loss of Qian et al. (2019) (0: off): |log P(she) -
             log P(he)| and the like for every pair of gendered words.
         equalize_positions: ``"neutral"`` (positions whose prefix holds no gendered word) or
             ``"all"`` (every position, as Qian et al.).
+        erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden
+            states and apply it to H_x before the block and head (:mod:`crawd.erasure`).
+        erase_column: the training data's column holding the sensitive attribute.
+        erase_refit_steps: fit the eraser again every this many steps while LoRA moves (0: once).
+        erase_fit_rows: training rows whose states the eraser is fitted on.
     """
 
     sensitive_words: tuple[str, ...] = ("he", "she")
@@ -80,8 +89,13 @@ class CrawdConfig:
     lora_dropout: float = 0.1
     lora_target_modules: tuple[str, ...] | None = None
     counterfactual: float = 0.0
+    counterfactual_names: str = "swap"
     equalize: float = 0.0
     equalize_positions: str = "neutral"
+    erase: bool = False
+    erase_column: str = "gender"
+    erase_refit_steps: int = 50
+    erase_fit_rows: int = 256
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -108,11 +122,14 @@ class CrawdConfig:
         _check_choice("topk_scope", self.topk_scope, SCOPES)
         _check_choice("mode", self.mode, MODES)
         _check_choice("equalize_positions", self.equalize_positions, EQUALIZE_POSITIONS)
+        _check_choice("counterfactual_names", self.counterfactual_names, TWIN_NAMES)
         for name in ("counterfactual", "equalize"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be a weight >= 0, got {value!r}")
-        for name in ("num_heads", "lora_r", "lora_alpha"):
+        if not isinstance(self.erase_refit_steps, int) or self.erase_refit_steps < 0:
+            raise ValueError(f"erase_refit_steps must be an integer >= 0, got {self.erase_refit_steps!r}")
+        for name in ("num_heads", "lora_r", "lora_alpha", "erase_fit_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")

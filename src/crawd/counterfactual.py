@@ -35,6 +35,8 @@ to class. Only single-token spellings (word, " word", capitalised) take part.
 from __future__ import annotations
 
 import difflib
+import re
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -43,7 +45,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from crawd.lexicon import swap_text
+from crawd.lexicon import _WORD, swap_text
 
 #: Pronouns whose swap depends on context (see :func:`crawd.lexicon.swap_text`), as word pairs.
 PRONOUN_PAIRS = (("his", "her"), ("him", "her"), ("his", "hers"))
@@ -66,58 +68,92 @@ def align(original: list[int], twin: list[int]) -> tuple[list[int], int]:
     return source, prefix
 
 
+#: Gender-neutral first names (``counterfactual_names="neutral"``).
+NEUTRAL_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Casey", "Morgan", "Riley", "Jamie", "Avery", "Quinn",
+                 "Robin", "Charlie", "Drew", "Jesse", "Cameron", "Skyler")
+
+
+def neutral_names(text: str, names: dict[str, str]) -> str:
+    """``text`` with every listed first name replaced by a gender-neutral one (the same one for a
+    name wherever it occurs, and for its counterpart)."""
+    def replace(match: re.Match) -> str:
+        word = match.group(0)
+        if word not in names:
+            return word
+        pair = min(word, names[word])
+        return NEUTRAL_NAMES[zlib.crc32(pair.encode()) % len(NEUTRAL_NAMES)]
+
+    return _WORD.sub(replace, text)
+
+
+def carried(mask: list[bool], source: list[int]) -> list[bool]:
+    """A row's per-token flags carried over to a rewritten row through ``source`` (see :func:`align`);
+    a token without a source takes the flag of the next token that has one (the end of its word)."""
+    out, last = [False] * len(source), False
+    for j in range(len(source) - 1, -1, -1):
+        last = mask[source[j]] if source[j] >= 0 else last
+        out[j] = last
+    return out
+
+
 class TwinCollator:
-    """Wrap a collator: append to each right-padded batch the counterfactual twin of every row.
+    """Wrap a collator: give every row of a right-padded batch its counterfactual twin.
 
     Adds ``twin_input_ids``, ``twin_attention_mask``, ``twin_labels`` (causal LMs: the twin's
     ids where the original target was supervised, else -100; classifiers: the row's label),
-    ``twin_source`` (aligned original position per twin position, -1 none) and
-    ``neutral`` (B, n) bool: original positions whose whole prefix the swap leaves unchanged.
+    ``twin_source`` (aligned row position per twin position, -1 none) and ``neutral`` (B, n)
+    bool: row positions whose whole prefix the swap leaves unchanged. With
+    ``names="neutral"`` the row itself is first rewritten with gender-neutral first names
+    (and so is its twin): the pair then shares its prefix up to the first gendered word, where
+    the occupation alone would have to choose the pronoun.
     """
 
     def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
                  tokenizer: PreTrainedTokenizerBase, swaps: dict[str, str], names: dict[str, str],
-                 task: str) -> None:
+                 task: str, name_mode: str = "swap") -> None:
         self.collate, self.tokenizer, self.swaps, self.names, self.task = collate, tokenizer, swaps, names, task
+        self.name_mode = name_mode
 
-    def twin_ids(self, ids: list[int]) -> list[int]:
+    def rewrite(self, ids: list[int], edit: Callable[[str], str]) -> list[int]:
         text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        swapped = swap_text(text, self.swaps, self.names)
-        return ids if swapped == text else self.tokenizer(swapped, add_special_tokens=False)["input_ids"]
+        edited = edit(text)
+        return ids if edited == text else self.tokenizer(edited, add_special_tokens=False)["input_ids"]
+
+    def padded(self, rows: list[list[int]], value: int) -> torch.Tensor:
+        out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
+        for i, row in enumerate(rows):
+            out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
+        return out
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         batch = self.collate(features)
-        ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-        rows, sources, prefixes = [], [], []
-        for row in range(ids.shape[0]):
-            original = ids[row][mask[row]].tolist()
-            twin = self.twin_ids(original)
-            source, prefix = align(original, twin)
-            rows.append(twin), sources.append(source), prefixes.append(prefix)
-        width = max(map(len, rows))
+        lm = self.task == "lm"
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        twin_ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        twin_source = torch.full((len(rows), width), -1, dtype=torch.long)
-        for row, (twin, source) in enumerate(zip(rows, sources)):
-            twin_ids[row, :len(twin)] = torch.tensor(twin)
-            twin_source[row, :len(source)] = torch.tensor(source)
-        twin_mask = torch.arange(width)[None, :] < torch.tensor(list(map(len, rows)))[:, None]
-        batch["twin_input_ids"], batch["twin_attention_mask"] = twin_ids, twin_mask.long()
-        batch["twin_source"] = twin_source
-        batch["neutral"] = torch.arange(ids.shape[1])[None, :] < torch.tensor(prefixes)[:, None]
-        labels = batch["labels"]
-        if self.task == "lm":
-            # a twin token is a target where the original token it comes from was one
-            nearest = twin_source.clone()
-            for row, source in enumerate(sources):  # a token inside a swapped word takes the word's last one
-                last = 0
-                for j in range(len(source) - 1, -1, -1):
-                    last = source[j] if source[j] >= 0 else last
-                    nearest[row, j] = last
-            supervised = labels.gather(1, nearest.clamp(min=0)) != -100
-            batch["twin_labels"] = twin_ids.masked_fill(~(supervised & twin_mask), -100)
-        else:
-            batch["twin_labels"] = labels.clone()
+        originals, twins, sources, prefixes, own_labels, twin_labels = [], [], [], [], [], []
+        for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"].bool(), batch["labels"]):
+            original = ids[mask].tolist()
+            supervised = (labels[mask] != -100).tolist() if lm else []
+            if self.name_mode == "neutral":
+                own = self.rewrite(original, lambda text: neutral_names(text, self.names))
+                supervised = carried(supervised, align(original, own)[0]) if lm else supervised
+            else:
+                own = original
+            twin = self.rewrite(own, lambda text: swap_text(text, self.swaps, self.names))
+            source, prefix = align(own, twin)
+            originals.append(own), twins.append(twin), sources.append(source), prefixes.append(prefix)
+            if lm:
+                own_labels.append([t if s else -100 for t, s in zip(own, supervised)])
+                twin_labels.append([t if s else -100 for t, s in zip(twin, carried(supervised, source))])
+        if self.name_mode == "neutral":
+            batch["input_ids"] = self.padded(originals, pad)
+            batch["attention_mask"] = self.padded([[1] * len(r) for r in originals], 0)
+            if lm:
+                batch["labels"] = self.padded(own_labels, -100)
+        batch["twin_input_ids"] = self.padded(twins, pad)
+        batch["twin_attention_mask"] = self.padded([[1] * len(r) for r in twins], 0)
+        batch["twin_source"] = self.padded(sources, -1)
+        batch["twin_labels"] = self.padded(twin_labels, -100) if lm else batch["labels"].clone()
+        batch["neutral"] = torch.arange(batch["input_ids"].shape[1])[None, :] < torch.tensor(prefixes)[:, None]
         return batch
 
 
@@ -219,8 +255,9 @@ class DebiasObjective(nn.Module):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, swaps: dict[str, str],
                  names: dict[str, str], task: str, counterfactual: float, equalize: float,
-                 equalize_positions: str) -> None:
+                 equalize_positions: str, name_mode: str = "swap") -> None:
         super().__init__()
+        self.name_mode = name_mode
         self.task, self.counterfactual, self.equalize = task, counterfactual, equalize
         self.equalize_positions = equalize_positions
         self.swaps, self.names = swaps, names
@@ -239,7 +276,9 @@ class DebiasObjective(nn.Module):
         return self.counterfactual > 0 or (self.equalize > 0 and self.equalize_positions == "neutral")
 
     def collator(self, collate: Callable, tokenizer: PreTrainedTokenizerBase) -> Callable:
-        return TwinCollator(collate, tokenizer, self.swaps, self.names, self.task) if self.needs_twins else collate
+        if not self.needs_twins:
+            return collate
+        return TwinCollator(collate, tokenizer, self.swaps, self.names, self.task, self.name_mode)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor, twin_logits: torch.Tensor | None = None,
              twin_mask: torch.Tensor | None = None, twin_source: torch.Tensor | None = None,

@@ -472,7 +472,7 @@ class SelfDecayModel(AdaptedModel):
         new_cache = getattr(out, "past_key_values", None)
         if new_cache is not None:
             setattr(new_cache, CACHE_ATTR, (scores, candidates))
-        return out
+        return self.erased(out)
 
     # ---- inspection ---------------------------------------------------------------------
     @torch.no_grad()

@@ -32,6 +32,7 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from crawd.adapted import AdaptedModel
+from crawd.erasure import EraserCallback
 from crawd.serialization import read_adapter, save_adapter
 
 STAGING = ".staging"
@@ -278,7 +279,15 @@ def train(
         use_cpu=not torch.cuda.is_available(),
         **settings.extra_args,
     )
-    trainer = CrawdTrainer(model=model, args=args, train_dataset=tokenized, data_collator=collator)
+    callbacks = []
+    if getattr(model, "eraser", None) is not None:
+        rows = tokenized.shuffle(seed=settings.seed).select(range(min(len(tokenized), model.config.erase_fit_rows)))
+        plain = Collator(tokenizer, model.task)
+        batches = [plain([dict(r) for r in rows.select(range(i, min(i + settings.batch_size, len(rows))))])
+                   for i in range(0, len(rows), settings.batch_size)]
+        callbacks.append(EraserCallback(model, batches, model.config.erase_refit_steps))
+    trainer = CrawdTrainer(model=model, args=args, train_dataset=tokenized, data_collator=collator,
+                           callbacks=callbacks)
     resume = get_last_checkpoint(str(out_dir))
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)

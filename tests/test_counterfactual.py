@@ -1,0 +1,162 @@
+"""Counterfactual twins, the consistency and equalizing losses: hand-checked values, gradients, training."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import tiny_model
+from datasets import Dataset
+
+import crawd
+from crawd import CrawdConfig
+from crawd.counterfactual import GenderedClasses, TwinCollator, align, bipartite_groups, symmetric_kl, token_pairs
+from crawd.lexicon import gender_lexicon
+from crawd.train import Collator, TrainSettings, train
+
+
+def test_alignment_of_a_swap_that_changes_the_token_count():
+    # "Jennifer" (3 tokens) -> "John" (1): the twin's first token aligns with the name's last token
+    source, prefix = align([7, 8, 9, 4, 5], [1, 4, 5])
+    assert source == [2, 3, 4] and prefix == 0
+    source, prefix = align([3, 13, 17, 6, 22], [3, 13, 17, 5, 22])  # "... she works" -> "... he works"
+    assert source == [0, 1, 2, 3, 4] and prefix == 3
+
+
+def test_bipartite_groups_merge_the_ambiguous_pronouns():
+    his, her, him, hers, he, she = 1, 2, 3, 4, 5, 6
+    groups = bipartite_groups([(his, her), (him, her), (his, hers), (he, she)])
+    assert sorted(groups) == [([his, him], [her, hers]), ([he], [she])]
+    assert bipartite_groups([(1, 2), (2, 3), (3, 1)]) == []  # an odd cycle has no two sides
+
+
+def test_class_logprobs_and_swap_by_hand():
+    classes = GenderedClasses(6, [([1], [2]), ([3, 4], [5])], word_tokens={1, 2, 3, 4, 5})
+    logits = torch.tensor([0.0, 1.0, 2.0, 0.5, -1.0, 0.25])
+    logp = logits.log_softmax(-1)
+    got = classes.class_logprobs(logits)
+    assert classes.kept.tolist() == [0, 1, 2, 3, 5]
+    expected = torch.stack([logp[0], logp[1], logp[2], torch.logaddexp(logp[3], logp[4]), logp[5]])
+    assert torch.allclose(got, expected)
+    assert torch.allclose(got.exp().sum(), torch.tensor(1.0))
+    assert classes.swap.tolist() == [0, 2, 1, 4, 3]
+    assert classes.word_pairs.tolist() == [[1, 2], [3, 4]]
+
+
+def test_symmetric_kl_by_hand():
+    p, q = torch.tensor([0.5, 0.5]), torch.tensor([0.25, 0.75])
+    expected = 0.5 * (0.5 * math.log(0.5 / 0.25) + 0.5 * math.log(0.5 / 0.75)
+                      + 0.25 * math.log(0.25 / 0.5) + 0.75 * math.log(0.75 / 0.5))
+    assert symmetric_kl(p.log(), q.log()).item() == pytest.approx(expected)
+
+
+def objective_model(tokenizer, **fields):
+    return crawd.wrap(tiny_model("llama"), tokenizer, CrawdConfig(num_heads=4, **fields))
+
+
+def test_twin_collator_swaps_aligns_and_marks_the_neutral_prefix(tokenizer):
+    swaps, names = gender_lexicon(None)
+    features = [dict(tokenizer(t)) for t in ("the nurse said that she works with her client", "a man is a doctor")]
+    batch = TwinCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm")(features)
+    twin = [tokenizer.decode(row[mask.bool()]) for row, mask in zip(batch["twin_input_ids"], batch["twin_attention_mask"])]
+    assert twin == ["the nurse said that he works with his client", "a woman is a doctor"]
+    assert batch["neutral"][0].tolist()[:5] == [True, True, True, True, False]
+    assert batch["neutral"][1].tolist()[:2] == [True, False]
+    assert batch["twin_source"][0, :9].tolist() == list(range(9)) and batch["twin_source"][1, 5:].eq(-1).all()
+    assert torch.equal(batch["twin_labels"][1, :5], batch["twin_input_ids"][1, :5])
+    assert batch["twin_labels"][1, 5:].eq(-100).all()
+
+
+def test_consistency_at_a_neutral_position_is_the_kl_to_the_swapped_distribution(tokenizer):
+    model = objective_model(tokenizer, counterfactual=1.0)
+    objective = model.objective
+    he, she = tokenizer.convert_tokens_to_ids(["he", "she"])
+    logits = torch.randn(1, 1, len(tokenizer))
+    logits[0, 0, he], logits[0, 0, she] = 2.0, 0.0
+    p = objective.classes.class_logprobs(logits[0, 0])
+    q = p[objective.classes.swap]
+    term = objective.loss(logits, torch.ones(1, 1), logits, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long))
+    assert term.item() == pytest.approx(symmetric_kl(p, q).item())
+    # equal he / she (and every other pair) gives no term
+    flat = torch.zeros(1, 1, len(tokenizer))
+    assert objective.loss(flat, torch.ones(1, 1), flat, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long)) == 0
+
+
+def test_equalizing_term_by_hand(tokenizer):
+    model = objective_model(tokenizer, equalize=0.5, equalize_positions="all")
+    objective = model.objective
+    pairs = token_pairs(tokenizer, [("he", "she")])
+    assert pairs == [tuple(sorted(tokenizer.convert_tokens_to_ids(["he", "she"])))]
+    logits = torch.zeros(2, 3, len(tokenizer))
+    he = tokenizer.convert_tokens_to_ids("he")
+    logits[0, 1, he] = math.log(4.0)  # one position where P(he) = 4 P(she); every other pair equal
+    term = objective.loss(logits, torch.ones(2, 3))
+    expected = 0.5 * math.log(4.0) / (6 * len(objective.classes.word_pairs))
+    assert term.item() == pytest.approx(expected, rel=1e-5)
+    # the neutral scope ignores the positions after a gendered word
+    neutral = objective_model(tokenizer, equalize=0.5).objective
+    mask = torch.tensor([[True, False, False], [True, True, True]])
+    assert neutral.loss(logits, torch.ones(2, 3), neutral=mask).item() == 0
+
+
+@pytest.mark.parametrize("fields", [{"counterfactual": 1.0}, {"counterfactual": 1.0, "head": "residual"},
+                                    {"counterfactual": 1.0, "mode": "self"}, {"equalize": 1.0}])
+def test_terms_reach_the_trained_weights_and_leave_inference_alone(tokenizer, fields):
+    model = objective_model(tokenizer, **fields)
+    plain = objective_model(tokenizer, **{k: v for k, v in fields.items() if k in ("head", "mode")})
+    swaps, names = gender_lexicon(None)
+    collate = TwinCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm")
+    batch = collate([dict(tokenizer(t)) for t in ("she said that the nurse", "the nurse said that he")])
+    model.train()
+    torch.manual_seed(0)
+    loss = model(**batch).loss
+    loss.backward()
+    grads = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    assert grads and all(p.requires_grad for n, p in model.named_parameters() if n in grads)
+    plain.load_state_dict(model.state_dict())
+    model.eval(), plain.eval()
+    enc = tokenizer(["the nurse said that she"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, plain(**enc).logits)
+
+
+def test_the_term_is_added_to_the_task_loss(tokenizer):
+    model = objective_model(tokenizer, counterfactual=2.0).train()
+    swaps, names = gender_lexicon(None)
+    batch = TwinCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm")(
+        [dict(tokenizer("the nurse said that she works"))])
+    model.config.counterfactual = model.objective.counterfactual = 0.0
+    model.base.eval(), model.block.eval()  # no dropout: the two passes see the same network
+    base = model(**batch).loss
+    model.objective.counterfactual = 2.0
+    assert model(**batch).loss > base
+
+
+def test_classifier_consistency_is_the_kl_between_the_twins(tokenizer):
+    model = crawd.wrap(tiny_model("bert", "classification"), tokenizer, CrawdConfig(num_heads=4, counterfactual=1.0))
+    logits, twin = torch.tensor([[1.0, 0.0, 0.0]]), torch.tensor([[0.0, 1.0, 0.0]])
+    term = model.objective.loss(logits, torch.ones(1, 4), twin)
+    assert term.item() == pytest.approx(symmetric_kl(logits.log_softmax(-1), twin.log_softmax(-1)).item())
+
+
+def test_training_puts_the_twins_in_the_batch(tmp_path, tokenizer):
+    model = crawd.adapt(tiny_model("llama"), tokenizer, CrawdConfig(counterfactual=1.0))  # no H_b pass to count
+    rows = []
+    original = model.encode
+    model.encode = lambda ids, mask, **kw: rows.append(ids.shape[0]) or original(ids, mask, **kw)
+    texts = ["the nurse said that she works", "he works as a doctor"] * 8
+    data = Dataset.from_dict({"text": texts, "label": [0] * 16, "gender": ["x"] * 16})
+    result = train(model, tokenizer, data, tmp_path, TrainSettings(max_steps=2, batch_size=4, save_steps=2,
+                                                                     progress=False))
+    assert result.steps == 2 and math.isfinite(result.final_loss)
+    assert rows[:2] == [4, 4]  # batch_size counts the rows: 2 examples + their 2 twins
+    loaded = crawd.load(tiny_model("llama"), tokenizer, tmp_path / "adapter")
+    assert loaded.config.counterfactual == 1.0 and loaded.objective is not None
+
+
+def test_bad_weights_are_refused():
+    with pytest.raises(ValueError, match="counterfactual must be a weight >= 0"):
+        CrawdConfig(counterfactual=-1)
+    with pytest.raises(ValueError, match="equalize_positions must be one of"):
+        CrawdConfig(equalize_positions="some")
