@@ -342,3 +342,18 @@ def test_real_data_smoke_tiny_gpt2():
     assert 0 <= res["gas"]["gas"]["value"] <= 1 and res["bold_gas"]["n_prompts"] == 4
     assert res["pronoun_skew"]["bls_correlation"]["n"] > 50
     assert len(res["pronoun_skew"]["by_occupation"]) > 60
+
+
+def test_stereoset_keeps_the_asked_bias_types(tokenizer):
+    from conftest import tiny_model
+
+    from crawd.metrics.stereoset import stereoset
+
+    data_dir = shared_data_dir()
+    if data_dir is None:
+        pytest.skip("shared data folder (../shared/data) not found")
+    result = stereoset(tiny_model("llama"), tokenizer, data_dir, bias_types=["gender"], max_examples=6,
+                       n_boot=20, progress=False)
+    assert set(result["all"]["by_bias_type"]) == {"gender"} and result["all"]["n"] == 12
+    with pytest.raises(ValueError, match="unknown bias type"):
+        stereoset(tiny_model("llama"), tokenizer, data_dir, bias_types=["colour"], progress=False)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import ast
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -97,16 +98,23 @@ def _score_split(model, tokenizer, frame: pd.DataFrame, split: str, batch_size: 
 def stereoset(model, tokenizer, data_dir: str | Path | None, batch_size: int = 16,
               splits: tuple[str, ...] = ("intrasentence", "intersentence"),
               max_examples: int | None = None, seed: int = 0, n_boot: int = 1000,
-              progress: bool = True) -> dict:
+              progress: bool = True, bias_types: Sequence[str] | None = None) -> dict:
     """StereoSet LMS / SS / ICAT (ideal SS 50, LMS and ICAT 100).
 
-    ``max_examples`` keeps a seeded random subsample of each split. Returns
+    ``bias_types`` keeps only those rows (e.g. ``["gender"]``); ``max_examples`` then keeps a
+    seeded random subsample of each split. Returns
     ``{split: {"overall": {lms, ss, icat}, "by_bias_type": {type: {...}}},
     "all": {...}, "note": ...}`` for each split and both together.
     """
     parts = []
     for split in splits:
         frame = load_stereoset(data_dir, split)
+        if bias_types is not None:
+            unknown = sorted(set(bias_types) - set(frame["bias_type"]))
+            if unknown:
+                raise ValueError(f"stereoset: unknown bias type(s) {unknown}; choose from "
+                                 f"{sorted(frame['bias_type'].unique())}")
+            frame = frame[frame["bias_type"].isin(bias_types)].reset_index(drop=True)
         if max_examples is not None and max_examples < len(frame):
             frame = frame.sample(n=max_examples, random_state=seed).reset_index(drop=True)
         scores = _score_split(model, tokenizer, frame, split, batch_size, progress)
