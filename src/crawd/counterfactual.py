@@ -135,7 +135,10 @@ class TwinCollator:
             supervised = (labels[mask] != -100).tolist() if lm else []
             if self.name_mode == "neutral":
                 own = self.rewrite(original, lambda text: neutral_names(text, self.names))
-                supervised = carried(supervised, align(original, own)[0]) if lm else supervised
+                kept = align(original, own)[0]
+                if lm:  # the neutral names themselves are not targets: their frequency is not the data's
+                    supervised = [flag and s >= 0 and own[j] == original[s]
+                                  for j, (flag, s) in enumerate(zip(carried(supervised, kept), kept))]
             else:
                 own = original
             twin = self.rewrite(own, lambda text: swap_text(text, self.swaps, self.names))
