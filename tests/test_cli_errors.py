@@ -105,8 +105,9 @@ def test_model_folder_with_a_bad_config(assets, out_with_adapter, tmp_path, caps
 def test_train_bad_dataset(case, assets, out_with_adapter, tmp_path, capsys):
     rows = "text,label,gender\nhe is a nurse,nurse,male\nshe is a doctor,doctor,female\nthe nurse,nurse,female\n"
     train_csv, extra = tmp_path / "train.csv", []
-    if case == "missing column":
+    if case == "missing column":  # classification needs the sensitive column (a corpus for --task lm does not)
         train_csv.write_text("text,label\nhe is a nurse,nurse\nshe is a doctor,doctor\n")
+        extra = ["--task", "classification"]
         expected = "has no column 'gender'"
     elif case == "empty text":
         train_csv.write_text(rows + '"",doctor,male\n')
@@ -114,7 +115,7 @@ def test_train_bad_dataset(case, assets, out_with_adapter, tmp_path, capsys):
     else:
         train_csv.write_text(rows)
         (tmp_path / "test.csv").write_text("text,label,gender\nhe is a teacher,teacher,male\n")
-        extra = ["--test-data", tmp_path / "test.csv"]
+        extra = ["--test-data", tmp_path / "test.csv", "--task", "classification"]
         expected = "test labels never seen in train in column 'label': teacher"
     before = snapshot(out_with_adapter)
     argv = train_args(assets, out_with_adapter, *extra)
@@ -218,3 +219,24 @@ def test_paths_are_resolved_and_reported(assets, tmp_path, monkeypatch, capsys):
     assert f"out: {tmp_path / 'out'}" in output
     assert f"model: {tmp_path / 'nope'}" in output
     assert_one_error(code, output, f"model folder {tmp_path / 'nope'} does not exist")
+
+
+@pytest.mark.parametrize("earlier, later",
+                         [("vanilla", "crawd"), ("crawd", "vanilla"), ("crawd", "crawd --head residual")])
+def test_out_holding_another_methods_run_is_refused_at_the_start(earlier, later, assets, tmp_path, monkeypatch, capsys):
+    """Issue 17.3: another method in a run's folder used to fail deep in checkpoint or optimizer loading."""
+    from crawd import models
+
+    out = tmp_path / "run"
+    main([str(a) for a in train_args(assets, out, "--method", earlier)])  # a finished run in --out
+    capsys.readouterr()
+    before = snapshot(out)
+    loads: list[str] = []
+    monkeypatch.setattr(models, "_resolve", lambda name, cache_dir: loads.append(name) or name)
+    method, *flags = later.split()
+    code, output = run_cli(train_args(assets, out, "--method", method, *flags), capsys)
+    described = {"vanilla": "vanilla", "crawd": "crawd (mode cross, head concat)"}
+    assert_one_error(code, output, f"--out holds a {described[earlier]} run")
+    assert "choose another folder or the same method" in output
+    assert not loads  # refused before the model was loaded
+    assert snapshot(out) == before

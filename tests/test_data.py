@@ -204,9 +204,9 @@ def test_from_files_errors(tmp_path: Path) -> None:
         from_files(str(path))
     with pytest.raises(FileNotFoundError, match="does not exist"):
         from_files(str(tmp_path / "missing.csv"))
-    (tmp_path / "data.txt").write_text("x")
+    (tmp_path / "data.xlsx").write_text("x")
     with pytest.raises(ValueError, match="use a file ending in"):
-        from_files(str(tmp_path / "data.txt"))
+        from_files(str(tmp_path / "data.xlsx"))
 
 
 def test_validation_errors_name_the_problem(tmp_path: Path) -> None:

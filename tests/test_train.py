@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import make_tokenizer, tiny_model
@@ -102,3 +104,19 @@ def test_classification_training_and_unwritable_folder(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError, match="cannot write to output folder"):
         train(model, make_tokenizer(), data, blocker / "sub", TrainSettings(**SETTINGS))
+
+
+def test_a_folder_of_another_method_is_refused_before_training(tmp_path):
+    out = tmp_path / "run"
+    set_seed(0)
+    vanilla = crawd.adapt(tiny_model("llama"), make_tokenizer())
+    train(vanilla, make_tokenizer(), lm_data(), out, TrainSettings(**{**SETTINGS, "max_steps": 3}))
+    assert json.loads((out / "crawd_run.json").read_text()) == {"method": "vanilla"}
+    with pytest.raises(ValueError, match=r"--out holds a vanilla run and this is a crawd \(mode cross, head concat\) "):
+        train(build(), make_tokenizer(), lm_data(), out, TrainSettings(**SETTINGS))
+    (out / "crawd_run.json").unlink()  # a folder from before the run file: its adapters tell crawd from vanilla
+    with pytest.raises(ValueError, match="--out holds a vanilla run"):
+        train(build(), make_tokenizer(), lm_data(), out, TrainSettings(**SETTINGS))
+    resumed = train(crawd.adapt(tiny_model("llama"), make_tokenizer()), make_tokenizer(), lm_data(), out,
+                    TrainSettings(**SETTINGS), method="cda")  # same kind of adapter: accepted, then recorded
+    assert resumed.resumed_from is not None and json.loads((out / "crawd_run.json").read_text())["method"] == "cda"

@@ -6,8 +6,8 @@ from crawd.config import CrawdConfig
 from crawd.model import CrawdModel, adapt, wrap
 from crawd.self_decay import SelfDecayModel
 from crawd.sensitive import GROUPS
-from crawd.serialization import load
+from crawd.serialization import AutoCrawdModel, load
 
 __version__ = "0.1.0"
-__all__ = ["AdaptedModel", "CrawdConfig", "CrawdModel", "CrossAttentionBlock", "GROUPS", "SelfDecayModel", "adapt", "load",
-           "topk_decay", "wrap"]
+__all__ = ["AdaptedModel", "AutoCrawdModel", "CrawdConfig", "CrawdModel", "CrossAttentionBlock", "GROUPS",
+           "SelfDecayModel", "adapt", "load", "topk_decay", "wrap"]

@@ -1,4 +1,4 @@
-"""The ``crawd`` command: demo, train, eval, compare, inspect, bench.
+"""The ``crawd`` command: demo, train, eval, compare, export, inspect, bench.
 
 User mistakes (bad values, missing files or columns, unknown config keys) end with
 one red ``error:`` line and exit status 2; set ``CRAWD_DEBUG=1`` for the traceback.
@@ -30,7 +30,8 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "top_k": 0.4, "decay": 0.2, "sensitive_words": "he,she", "groups": "", "head": "concat", "mode": "cross",
     "max_steps": 60, "seed": 0, "batch_size": 8, "learning_rate": 2e-4, "seq_len": 32, "save_steps": 20,
     "data_dir": None, "trust_remote_code": False, "test_data": None, "dropout": 0.1, "lora_dropout": 0.1,
-    "bf16": False, "qlora": False,
+    "bf16": False, "qlora": False, "text_column": None, "label_column": None, "sensitive_column": None,
+    "long_docs": "chunk",
 }
 PATH_KEYS = ("config", "model", "data", "test_data", "data_dir", "out")
 
@@ -108,13 +109,33 @@ def train_settings(values: dict[str, Any], progress: bool = True):
 
     return TrainSettings(max_steps=values["max_steps"], batch_size=values["batch_size"],
                          learning_rate=values["learning_rate"], seq_len=values["seq_len"], seed=values["seed"],
-                         save_steps=values["save_steps"], bf16=bool(values.get("bf16")), progress=progress)
+                         save_steps=values["save_steps"], bf16=bool(values.get("bf16")), progress=progress,
+                         long_docs=values.get("long_docs", "truncate"))
+
+
+COLUMN_KEYS = ("text_column", "label_column", "sensitive_column")
+
+
+def user_data_options(data: str, task: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Loader options for ``data``: the task and the column names for the user's own file or folder;
+    column names given for a built-in dataset are an error (its columns are fixed)."""
+    from crawd.data import is_user_data
+
+    columns = {key: values[key] for key in COLUMN_KEYS if values.get(key)}
+    if is_user_data(data):
+        return {"task": task, **columns}
+    if columns:
+        flags = ", ".join("--" + key.replace("_", "-") for key in columns)
+        raise ValueError(f"{flags} name the columns of your own data file; {data!r} is a built-in dataset with fixed "
+                         "columns")
+    return {}
 
 
 @app.command()
 def train(
     model: Optional[str] = typer.Option(None, help="alias (smollm2-135m, minilm-l6), local folder or hub id"),
-    data: Optional[str] = typer.Option(None, help="synthetic-bios, bias-in-bios[:path], madlibs, or a csv/jsonl/parquet file"),
+    data: Optional[str] = typer.Option(None, help="synthetic-bios, bias-in-bios[:path], madlibs, a csv/jsonl/parquet/"
+                                       "txt file or a save_to_disk folder (see above)"),
     task: Optional[str] = typer.Option(None, help="lm or classification"),
     method: Optional[str] = typer.Option(None, help="vanilla, crawd (see `crawd compare` for baselines)"),
     out: Optional[Path] = typer.Option(None, help="output folder (checkpoints, adapter/)"),
@@ -138,14 +159,60 @@ def train(
     bf16: Optional[bool] = typer.Option(None, "--bf16/--no-bf16", help="bfloat16 mixed precision (CUDA only)"),
     qlora: Optional[bool] = typer.Option(None, "--qlora/--no-qlora",
                                          help="4-bit base through bitsandbytes (CUDA only)"),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="your file's text column (default: text)"),
+    label_column: Optional[str] = typer.Option(None, "--label-column",
+                                               help="your file's label column, classification (default: label)"),
+    sensitive_column: Optional[str] = typer.Option(
+        None, "--sensitive-column", help="your file's sensitive-attribute column (default: gender; optional for "
+        "--task lm, needed by the adversarial method)"),
+    long_docs: Optional[str] = typer.Option(
+        None, "--long-docs", help="--task lm, documents longer than --seq-len: chunk (default: windows overlapping "
+        "by one token, nothing dropped), pack (concatenated, then cut) or truncate"),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same keys as these flags"),
 ) -> None:
-    """Fine-tune one model with one method; resumes from the newest checkpoint in --out."""
-    from crawd.data import load_data
+    """Fine-tune one model with one method; resumes from the newest checkpoint in --out.
+
+    --data takes a built-in dataset or your own file (CSV, JSONL, Parquet, .txt) or
+    save_to_disk folder. Three kinds for --task lm, told apart by their columns:
+
+    Text: a text column (--text-column; a sensitive column is optional), or .txt: one
+    document per line, or per block when blank lines separate them. Loss on every
+    token. Five lines of data.csv:
+
+        text
+        "The nurse said that she would be late."
+        "The engineer fixed the bridge before he left."
+        "Our doctor studied in Lyon."
+        "A teacher spoke to the class."
+
+    Chat: JSONL with messages, rendered by the tokenizer's chat template; loss on the
+    assistant turns only. Five lines of chat.jsonl:
+
+        {"messages": [{"role": "user", "content": "Describe a nurse."}, {"role": "assistant", "content": "Kind."}]}
+        {"messages": [{"role": "user", "content": "Who fixes bridges?"}, {"role": "assistant", "content": "Engineers."}]}
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"}]}
+        {"messages": [{"role": "user", "content": "Name a job."}, {"role": "assistant", "content": "Teacher."}]}
+        {"messages": [{"role": "user", "content": "Describe a pilot."}, {"role": "assistant", "content": "Calm."}]}
+
+    Instruction: prompt and completion columns (any file type); loss on the
+    completion only. Five lines of instructions.jsonl:
+
+        {"prompt": "Describe a nurse:", "completion": " A nurse cares for patients."}
+        {"prompt": "Who fixes bridges?", "completion": " Engineers do."}
+        {"prompt": "Finish: The doctor said", "completion": " that the results were good."}
+        {"prompt": "Name a job:", "completion": " Teacher."}
+        {"prompt": "Describe a pilot:", "completion": " A pilot flies planes."}
+
+    --task classification needs a label column with two classes or more and a
+    sensitive column. Without --test-data, 20% of the rows are held out for testing.
+    """
+    from crawd.data import describe, load_data
     from crawd.methods import get_method
-    from crawd.models import load_model
+    from crawd.models import load_model, record_name
+    from crawd.train import check_run_folder, run_identity
 
     values = merged({k: v for k, v in locals().items() if k != "config"}, config, TRAIN_DEFAULTS)
+    given_model = values["model"]
     if values["out"] is None:
         raise ValueError("--out is required (the folder for checkpoints and the adapter)")
     if values["task"] not in ("lm", "classification"):
@@ -157,10 +224,16 @@ def train(
     cfg = crawd_config(values)
     settings = train_settings(values)
     values = report_paths(values, config)
-    if values["test_data"] and Path(values["data"]).suffix.lower() not in (".csv", ".jsonl", ".json", ".parquet"):
-        raise ValueError("--test-data goes with a --data file (csv, jsonl, json or parquet)")
+    check_run_folder(values["out"], run_identity(values["method"], cfg))
+    options = user_data_options(values["data"], values["task"], values)
+    if values["test_data"] and not (options and Path(values["data"]).is_file()):
+        raise ValueError("--test-data goes with a --data file (csv, jsonl, json, parquet or txt)")
     extra = {"test": values["test_data"]} if values["test_data"] else {}
-    dataset = load_data(values["data"], data_dir=values["data_dir"], **extra)
+    dataset = load_data(values["data"], data_dir=values["data_dir"], **options, **extra)
+    if options and values["task"] == "lm":
+        console.print(f"data: {describe(dataset)}", highlight=False, soft_wrap=True)
+    if chosen.transform:
+        check_transformable(values["method"], dataset)
     from transformers import set_seed
 
     set_seed(settings.seed)
@@ -168,14 +241,25 @@ def train(
     base, tokenizer = load_model(values["model"], values["task"], num_labels=num_labels,
                                  trust_remote_code=bool(values["trust_remote_code"]),
                                  quantize_4bit=bool(values["qlora"]))
+    record_name(base, given_model)  # adapters record the model as given, not the folder it resolved to
     built = chosen.build(base, tokenizer, cfg)
     if chosen.transform:
         dataset = chosen.transform(dataset, cfg)
     from crawd.train import train as run_train
 
-    result = run_train(built, tokenizer, dataset, values["out"], settings)
+    result = run_train(built, tokenizer, dataset, values["out"], settings, method=values["method"])
     console.print(f"[green]done[/green]: {result.steps} steps in {result.seconds:.0f} s, final loss "
                   f"{result.final_loss:.4f}; adapter saved to {result.adapter_dir}")
+
+
+def check_transformable(method: str, dataset: Any) -> None:
+    """Methods that rewrite the training data (cda, blind) rewrite its text column only."""
+    from crawd.data.corpus import corpus_kind
+
+    kind = corpus_kind(dataset["train"].column_names)
+    if kind != "text":
+        raise ValueError(f"method {method!r} rewrites the text column of the training data, so it cannot train on "
+                         f"{kind.replace('_', '/')} data; use plain text data or another method")
 
 
 @app.command()
@@ -274,13 +358,15 @@ def compare(
     for entry in methods:
         get_method(entry["method"])
     data_dir = resolve_data_dir(data_dir or spec.get("data_dir"))
-    data = load_data(spec.get("data", "synthetic-bios"), data_dir=data_dir, **spec.get("data_options", {}))
+    data_spec, task = spec.get("data", "synthetic-bios"), spec.get("task", "lm")
+    data = load_data(data_spec, data_dir=data_dir,
+                     **{**user_data_options(data_spec, task, {}), **spec.get("data_options", {})})
     # seed-major order: an interrupted comparison holds every method for the seeds it finished
     runs = [RunSpec(m["method"], seed, m.get("overrides", {}), m.get("label")) for seed in seeds for m in methods]
     name = spec.get("name", config.stem)
     out = out or Path("runs") / (name + ("-quick" if quick else ""))
     start = time.perf_counter()
-    results = run_experiment(spec.get("model", "smollm2-135m"), spec.get("task", "lm"), data, runs, out,
+    results = run_experiment(spec.get("model", "smollm2-135m"), task, data, runs, out,
                              CrawdConfig.from_dict(spec.get("crawd", {})), settings,
                              spec.get("benchmarks", ["gas", "ppl"]), data_dir=data_dir,
                              eval_options=spec.get("eval_options"), console=console,
@@ -299,8 +385,13 @@ def evaluate_cmd(
     with_base: bool = typer.Option(True, "--base/--no-base", help="also score the base model alone"),
     benchmarks: str = typer.Option("crows_pairs,stereoset,weat,gas,pronoun_skew", help="comma-separated"),
     data_dir: Optional[str] = typer.Option(None, "--data-dir"),
-    data: str = typer.Option("synthetic-bios", help="dataset for ppl / tpr_gap (its test split)"),
+    data: str = typer.Option("synthetic-bios", help="dataset for ppl / tpr_gap (its test split): a built-in name, "
+                             "your own file or a save_to_disk folder (as crawd train --data)"),
     task: str = typer.Option("lm", help="lm or classification"),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="your file's text column (default: text)"),
+    label_column: Optional[str] = typer.Option(None, "--label-column", help="your file's label column"),
+    sensitive_column: Optional[str] = typer.Option(None, "--sensitive-column",
+                                                   help="your file's sensitive-attribute column"),
     out: Path = typer.Option(Path("eval-out")),
     eval_options: Optional[str] = typer.Option(
         None, "--eval-options", help='JSON of per-benchmark options, as eval_options in a compare config, e.g. '
@@ -331,7 +422,8 @@ def evaluate_cmd(
         raise ValueError('--eval-options must map benchmark names to option objects, e.g. {"stereoset": {...}}')
     adapters = list(adapter or [])
     metas = [crawd.serialization.read_adapter(folder)[0] for folder in adapters]  # fail before any scoring
-    dataset = load_data(data, data_dir=data_dir)
+    columns = {"text_column": text_column, "label_column": label_column, "sensitive_column": sensitive_column}
+    dataset = load_data(data, data_dir=data_dir, **user_data_options(data, task, columns))
     num_labels = dataset["train"].features["label"].num_classes if task == "classification" else None
     results: dict[str, Any] = {"model": model, "adapters": [str(a) for a in adapters], "eval_options": options,
                                "runs": []}
@@ -339,7 +431,8 @@ def evaluate_cmd(
         label = "base" if folder is None else (folder.parent.name if folder.name == "adapter" else folder.name)
         done_file = out / "runs" / f"{label}.json"
         request = {"model": model, "adapter": str(folder) if folder else None, "task": task, "data": data,
-                   "benchmarks": names, "eval_options": options}
+                   "benchmarks": names, "eval_options": options,
+                   **({"columns": columns} if any(columns.values()) else {})}
         earlier = json.loads(done_file.read_text()) if done_file.is_file() else None
         if earlier is not None and earlier.get("request") == request:
             console.print(f"[dim]{label}: scored earlier, read from {done_file}[/dim]")
@@ -361,6 +454,33 @@ def evaluate_cmd(
     write_report(results, out, f"crawd eval: {model}")
     print_results(results, f"crawd eval: {model}", console)
     console.print(f"report: {out / 'report.md'}")
+
+
+@app.command("export")
+def export_cmd(
+    adapter: Path = typer.Argument(..., help="adapter folder (crawd train's OUT/adapter, or save_pretrained's)"),
+    out: Path = typer.Option(..., help="a new folder to write"),
+    merge: bool = typer.Option(False, "--merge/--no-merge",
+                               help="a plain transformers model with the LoRA weights merged in (vanilla and the "
+                                    "baselines; not crawd)"),
+    base: Optional[str] = typer.Option(None, help="load the base from here instead of the name the adapter records "
+                                                  "(the export records this name)"),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code/--no-trust-remote-code"),
+) -> None:
+    """Write an adapter for other tools: peft, transformers, or crawd's own loader.
+
+    vanilla and the baselines (cda, blind, adversarial, ear, debias_tuning) are the base
+    plus LoRA at inference: they export as a standard peft LoRA folder, and with --merge
+    as a plain transformers model folder (AutoModelForCausalLM.from_pretrained gives the
+    same logits). crawd adapters export as a crawd folder, loaded with
+    crawd.AutoCrawdModel.from_pretrained(OUT), which finds the base by its recorded name;
+    they cannot be merged: the cross-attention block and its head (mode cross) are new
+    layers, and the decay (mode self) acts on the attention at run time, not LoRA weights.
+    """
+    from crawd.export import export
+
+    console.print(f"written: {export(adapter, out, merge=merge, base=base, trust_remote_code=trust_remote_code)}",
+                  highlight=False, soft_wrap=True)
 
 
 @app.command()

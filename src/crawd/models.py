@@ -37,7 +37,8 @@ from transformers import (
 )
 from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
-__all__ = ["ALIASES", "ENCODER_MODEL_TYPES", "default_cache_dir", "load_model", "model_kind"]
+__all__ = ["ALIASES", "ENCODER_MODEL_TYPES", "base_name", "default_cache_dir", "load_model", "model_kind",
+           "record_name"]
 
 ALIASES: dict[str, str] = {
     "smollm2-135m": "SmolLM2-135M-Instruct: Llama decoder, 135M parameters, tied embeddings "
@@ -52,6 +53,7 @@ ENCODER_MODEL_TYPES: frozenset[str] = frozenset(
 """``config.model_type`` values that :func:`model_kind` calls encoders."""
 
 _SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_NAME_ATTRIBUTE = "crawd_base_name"
 _TASKS = {"lm": AutoModelForCausalLM, "classification": AutoModelForSequenceClassification}
 
 
@@ -124,7 +126,19 @@ def load_model(
     tokenizer.padding_side = "right"
     if model.config.pad_token_id is None:  # decoder classifiers need it to find the last token
         model.config.pad_token_id = tokenizer.pad_token_id
+    record_name(model, name)
     return model.eval(), tokenizer
+
+
+def record_name(model: PreTrainedModel, name: str) -> None:
+    """Remember ``name`` as what ``model`` was loaded by: saved adapters record it (see :func:`base_name`)."""
+    setattr(model, _NAME_ATTRIBUTE, name)
+
+
+def base_name(model: PreTrainedModel) -> str:
+    """The name a saved adapter records for its base: the name given to :func:`load_model` (an alias, a hub
+    id or a folder as given, not the folder it resolved to), else the ``from_pretrained`` name in its config."""
+    return getattr(model, _NAME_ATTRIBUTE, None) or str(getattr(model.config, "_name_or_path", ""))
 
 
 def _four_bit_kwargs() -> dict:

@@ -1,7 +1,7 @@
 """Adapter-only checkpoints: safetensors weights + one JSON file, written atomically.
 
 A saved folder holds exactly two files:
-    crawd_config.json        method, CrawdConfig, LoRA settings, base-model fingerprint
+    crawd_config.json        method, CrawdConfig, LoRA settings, the base model's name and fingerprint
     crawd_adapter.safetensors the trained weights only (LoRA, block, new head)
 Nothing is ever unpickled: a folder holding pickle files is refused.
 """
@@ -23,6 +23,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from crawd.adapted import AdaptedModel
 from crawd.config import CrawdConfig
+from crawd.models import base_name
 
 CONFIG_NAME = "crawd_config.json"
 WEIGHTS_NAME = "crawd_adapter.safetensors"
@@ -72,7 +73,8 @@ def save_adapter(model: AdaptedModel, directory: str | os.PathLike) -> None:
         "crawd": model.config.to_dict(),
         "lora": model.lora_config,
         "base": {
-            "name_or_path": str(getattr(model.hf.config, "_name_or_path", "")),
+            "name_or_path": base_name(model.hf),
+            "num_labels": model.hf.config.num_labels if model.task == "classification" else None,
             "model_type": model.hf.config.model_type,
             "hidden_size": model.hidden_size,
             "vocab_size": getattr(model.hf.config, "vocab_size", None),
@@ -135,3 +137,37 @@ def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: s
         raise ValueError(f"adapter {directory} does not match this model: missing {missing[:3]}, unexpected {extra[:3]}")
     model.load_state_dict(tensors, strict=False)
     return model
+
+
+class AutoCrawdModel:
+    """``from_pretrained`` for a saved crawd folder: the base model is loaded by the name recorded at
+    training time (an alias, hub id or folder, see :func:`crawd.models.base_name`), then the adapter."""
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, base: str | None = None, *,
+                        trust_remote_code: bool = False, cache_dir: str | None = None) -> AdaptedModel:
+        """The saved model in eval mode (its tokenizer is ``.tokenizer``).
+
+        Args:
+            directory: a folder written by ``save_pretrained``, ``crawd train`` or ``crawd export``.
+            base: load the base from here instead of the recorded name (a copy elsewhere).
+            trust_remote_code, cache_dir: as :func:`crawd.models.load_model`.
+        """
+        from crawd.models import load_model
+
+        meta, tensors = read_adapter(directory)
+        name = base or meta["base"].get("name_or_path")
+        if not name:
+            raise ValueError(f"adapter {directory} records no base model name: pass base= (alias, hub id or folder)")
+        num_labels = None
+        if meta["task"] == "classification":  # folders saved before num_labels was recorded: the head's width
+            num_labels = meta["base"].get("num_labels") or next(
+                (t.shape[0] for k, t in tensors.items() if k.endswith(("concat_head.weight", "score.weight",
+                                                                      "classifier.weight"))), None)
+        try:
+            hf, tokenizer = load_model(name, meta["task"], num_labels=num_labels,
+                                       trust_remote_code=trust_remote_code, cache_dir=cache_dir)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{err} (the base model recorded in adapter {directory}; pass base= to load "
+                                    "it from elsewhere)") from None
+        return load(hf, tokenizer, directory).eval()

@@ -32,10 +32,13 @@ from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from crawd.adapted import AdaptedModel
+from crawd.config import CrawdConfig
 from crawd.erasure import EraserCallback
-from crawd.serialization import read_adapter, save_adapter
+from crawd.lm_examples import lm_examples
+from crawd.serialization import read_adapter, save_adapter, write_json
 
 STAGING = ".staging"
+RUN_FILE = "crawd_run.json"  # the method (and crawd's mode / head) of the run in a folder
 
 
 @dataclass
@@ -54,6 +57,7 @@ class TrainSettings:
     gradient_accumulation_steps: int = 1
     bf16: bool = False
     progress: bool = True
+    long_docs: str = "truncate"  # causal LM: "chunk", "pack" or "truncate" (crawd.lm_examples)
     extra_args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -65,20 +69,25 @@ class TrainResult:
     resumed_from: str | None
     adapter_dir: str
     loss_history: list[dict[str, float]]
+    examples: str = ""  # how the training rows became examples (causal LM)
 
 
 def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, seq_len: int,
-             sensitive: list[int] | None = None) -> Dataset:
-    """Token ids (truncated to ``seq_len``) and labels for ``task``; other columns dropped.
+             sensitive: list[int] | None = None, long_docs: str = "truncate") -> Dataset:
+    """Token ids and labels for ``task``; other columns dropped.
 
-    ``sensitive``: one integer id per row (the sensitive attribute, for models that
-    ask for it, e.g. the adversarial baseline), kept as column ``sensitive_labels``.
+    Classification texts are truncated to ``seq_len``; causal-LM rows become examples with
+    per-token labels, documents longer than ``seq_len`` handled as ``long_docs`` says (see
+    :mod:`crawd.lm_examples`). ``sensitive``: one integer id per row (the sensitive
+    attribute, for models that ask for it, e.g. the adversarial baseline), kept as column
+    ``sensitive_labels``.
     """
+    if task == "lm":
+        return lm_examples(dataset, tokenizer, seq_len, long_docs, sensitive)[0]
 
     def encode(rows: dict[str, list]) -> dict[str, list]:
         enc = tokenizer(rows["text"], truncation=True, max_length=seq_len)
-        if task == "classification":
-            enc["labels"] = rows["label"]
+        enc["labels"] = rows["label"]
         return enc
 
     out = dataset.map(encode, batched=True, remove_columns=dataset.column_names, desc="tokenizing")
@@ -86,20 +95,24 @@ def tokenize(dataset: Dataset, tokenizer: PreTrainedTokenizerBase, task: str, se
 
 
 class Collator:
-    """Right-pads a batch; causal-LM labels are the input ids with padding set to -100."""
+    """Right-pads a batch. Causal-LM labels: the examples' per-token labels padded with -100
+    (without them, the input ids with padding set to -100)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, task: str) -> None:
         self.tokenizer, self.task = tokenizer, task
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
         self.tokenizer.padding_side = "right"
-        labels = [f.pop("labels") for f in features] if self.task == "classification" else None
+        labels = [f.pop("labels") for f in features] if "labels" in features[0] else None
         sensitive = [f.pop("sensitive_labels") for f in features] if "sensitive_labels" in features[0] else None
         enc = self.tokenizer.pad(features, return_tensors="pt")
         if sensitive is not None:
             enc["sensitive_labels"] = torch.tensor(sensitive, dtype=torch.long)
-        if self.task == "lm":
+        if self.task == "lm" and labels is None:
             enc["labels"] = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+        elif self.task == "lm":
+            width = enc["input_ids"].shape[1]
+            enc["labels"] = torch.tensor([list(row) + [-100] * (width - len(row)) for row in labels], dtype=torch.long)
         else:
             enc["labels"] = torch.tensor(labels, dtype=torch.long)
         return dict(enc)
@@ -227,19 +240,77 @@ def check_devices(settings: "TrainSettings") -> None:
         raise ValueError("--bf16 needs a CUDA device; none found (train in float32 on CPU: drop --bf16)")
 
 
+def run_identity(method: str, config: CrawdConfig) -> dict[str, str]:
+    """What a run folder's checkpoints depend on: the method and, for crawd, its mode (and head)."""
+    identity = {"method": method}
+    if method == "crawd":
+        identity["mode"] = config.mode
+        if config.mode == "cross":
+            identity["head"] = config.head
+    return identity
+
+
+def method_of(model: AdaptedModel) -> str:
+    """The method name of a model built without one given (``crawd``, ``vanilla`` or its class name)."""
+    from crawd.model import CrawdModel
+    from crawd.self_decay import SelfDecayModel
+
+    if isinstance(model, (CrawdModel, SelfDecayModel)):
+        return "crawd"
+    return "vanilla" if type(model) is AdaptedModel else type(model).__name__
+
+
+def _earlier_identity(out_dir: Path) -> tuple[dict[str, str] | None, bool]:
+    """The identity of the run already in ``out_dir`` and whether it was read from an adapter only
+    (a run started before ``crawd_run.json`` existed: its adapter tells crawd from vanilla only)."""
+    try:
+        return json.loads((out_dir / RUN_FILE).read_text()), False
+    except (OSError, json.JSONDecodeError):
+        pass
+    for folder in [out_dir / "adapter", *out_dir.glob("checkpoint-*/adapter")]:
+        try:
+            meta = json.loads((folder / "crawd_config.json").read_text())
+            return run_identity(meta["method"], CrawdConfig.from_dict(meta["crawd"])), True
+        except (OSError, json.JSONDecodeError, KeyError, TypeError, ValueError):
+            continue
+    return None, False
+
+
+def check_run_folder(out_dir: str | os.PathLike, identity: dict[str, str]) -> None:
+    """Refuse an output folder that holds another method's run, before anything is loaded or written."""
+    earlier, from_adapter = _earlier_identity(Path(out_dir))
+    if earlier is None:
+        return
+    if from_adapter:  # an adapter's "method" is what it is at inference: crawd or vanilla (the baselines too)
+        identity = {**identity, "method": "crawd" if identity["method"] == "crawd" else "vanilla"}
+    if earlier != identity:
+        raise ValueError(f"--out holds a {_named(earlier)} run and this is a {_named(identity)} run; choose another "
+                         "folder or the same method")
+
+
+def _named(identity: dict[str, str]) -> str:
+    details = ", ".join(f"{key} {value}" for key, value in identity.items() if key != "method")
+    return identity["method"] + (f" ({details})" if details else "")
+
+
 def train(
     model: AdaptedModel,
     tokenizer: PreTrainedTokenizerBase,
     data: DatasetDict | Dataset,
     out_dir: str | os.PathLike,
     settings: TrainSettings | None = None,
+    method: str | None = None,
 ) -> TrainResult:
     """Fine-tune ``model`` on ``data["train"]`` (or ``data``) and save the adapter to ``out_dir/adapter``.
 
-    Resumes from the newest complete ``out_dir/checkpoint-N`` when there is one.
+    Resumes from the newest complete ``out_dir/checkpoint-N`` when there is one; a folder
+    holding another method's run is refused (``method``: the name recorded for this run,
+    default :func:`method_of`).
     """
     settings = settings or TrainSettings()
     out_dir = Path(out_dir)
+    identity = run_identity(method or method_of(model), model.config)
+    check_run_folder(out_dir, identity)
     check_devices(settings)
     check_writable(out_dir)
     check_free_space(out_dir, model, settings)
@@ -248,8 +319,18 @@ def train(
     if len(train_set) == 0:
         raise ValueError("the training split is empty")
     column = getattr(model, "sensitive_column", None)  # a model that trains on the sensitive attribute
+    if column and column not in train_set.column_names:
+        raise ValueError(f"this method trains on the sensitive attribute (column {column!r}), which the training "
+                         "data lacks: give data with a sensitive column (--sensitive-column)")
     sensitive = model.sensitive_ids(list(train_set[column])) if column else None
-    tokenized = tokenize(train_set, tokenizer, model.task, settings.seq_len, sensitive)
+    examples = ""
+    if model.task == "lm":
+        tokenized, examples = lm_examples(train_set, tokenizer, settings.seq_len, settings.long_docs, sensitive)
+        if settings.progress:
+            print(examples)
+    else:
+        tokenized = tokenize(train_set, tokenizer, model.task, settings.seq_len, sensitive)
+    write_json(out_dir / RUN_FILE, identity)
     collator = Collator(tokenizer, model.task)
     rows_per_example = 1
     objective = getattr(model, "objective", None)
@@ -304,6 +385,7 @@ def train(
         resumed_from=resume,
         adapter_dir=str(adapter_dir),
         loss_history=history,
+        examples=examples,
     )
     if trainer.args.should_save:
         (out_dir / "train_summary.json").write_text(json.dumps(asdict(result), indent=2))

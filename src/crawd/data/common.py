@@ -18,11 +18,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
 
 COLUMNS: tuple[str, ...] = ("text", "label", "gender")
 """The columns every loader returns, in this order, before its extras."""
@@ -121,18 +122,21 @@ def build_dataset(
         frame = frame[list(COLUMNS) + extras].assign(
             text=frame["text"].astype(str), label=frame["label"].map(index), gender=frame["gender"].astype(str)
         )
-        inferred = Features.from_arrow_schema(pa.Schema.from_pandas(frame, preserve_index=False))
-        features = Features(  # pandas' str dtype arrives as large_string; plain string is what HF data uses
-            {
-                name: Value("string") if feature == Value("large_string") else feature
-                for name, feature in inferred.items()
-            }
-        )
-        features["label"] = class_label
-        return Dataset.from_pandas(frame, features=features, preserve_index=False)
+        return frame_to_dataset(frame, {"label": class_label})
 
     splits = {"train": train, "test": test, **({"validation": validation} if validation is not None else {})}
     return DatasetDict({name: encode(frame) for name, frame in splits.items()})
+
+
+def frame_to_dataset(frame: pd.DataFrame, features: Mapping[str, Any] | None = None,
+                     description: str = "") -> Dataset:
+    """``frame`` as a Dataset; ``features`` fixes some columns' types, the others are inferred."""
+    inferred = Features.from_arrow_schema(pa.Schema.from_pandas(frame, preserve_index=False))
+    merged = Features(  # pandas' str dtype arrives as large_string; plain string is what HF data uses
+        {name: Value("string") if feature == Value("large_string") else feature for name, feature in inferred.items()}
+    )
+    merged.update(features or {})
+    return Dataset.from_pandas(frame, preserve_index=False, info=DatasetInfo(description=description, features=merged))
 
 
 def stratified_split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -150,4 +154,17 @@ def stratified_split(frame: pd.DataFrame, test_size: float, seed: int) -> tuple[
         test_rows.extend(rows[: min(round(test_size * len(rows)), len(rows) - 1)])
     is_test = np.zeros(len(frame), dtype=bool)
     is_test[test_rows] = True
+    return frame[~is_test], frame[is_test]
+
+
+def random_split(frame: pd.DataFrame, test_size: float, seed: int, source: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Split unlabelled rows into train and test (``test_size`` of them, at least one each); deterministic."""
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be between 0 and 1 (exclusive), got {test_size}")
+    if len(frame) < 2:
+        raise ValueError(f"{source} holds one document: give at least two (one is held out for testing) "
+                         "or a separate test file")
+    n_test = min(max(1, round(test_size * len(frame))), len(frame) - 1)
+    is_test = np.zeros(len(frame), dtype=bool)
+    is_test[np.random.default_rng(seed).permutation(len(frame))[:n_test]] = True
     return frame[~is_test], frame[is_test]

@@ -9,16 +9,17 @@ from datasets import DatasetDict
 
 from crawd.data.bias_in_bios import bias_in_bios
 from crawd.data.bios import synthetic_bios
-from crawd.data.files import SUFFIXES, from_files
+from crawd.data.files import SUFFIXES, from_disk, from_files, is_saved_dataset
 from crawd.data.madlibs import madlibs
 
-__all__ = ["SPECS", "load_data"]
+__all__ = ["SPECS", "is_user_data", "load_data"]
 
 SPECS: dict[str, str] = {
     "synthetic-bios": "generated biographies, 28 occupations, train skewed by real gender statistics",
     "bias-in-bios": "real Bias in Bios (LabHC/bias_in_bios); 'bias-in-bios:PATH_OR_HUB_ID' for another copy",
     "madlibs": "bias madlibs toxicity sentences, identity term as sensitive attribute (needs the data folder)",
     "PATH": f"your own file ({', '.join(SUFFIXES)}), see from_files",
+    "FOLDER": "a folder written by datasets' save_to_disk, see from_disk",
 }
 """Accepted specs and a one-line description of each."""
 
@@ -28,8 +29,9 @@ def load_data(spec: str = "synthetic-bios", data_dir: str | None = None, **kwarg
 
     ``"synthetic-bios"`` -> :func:`synthetic_bios`, ``"bias-in-bios"`` or
     ``"bias-in-bios:SOURCE"`` -> :func:`bias_in_bios`, ``"madlibs"`` ->
-    :func:`madlibs`, a path ending in a known suffix -> :func:`from_files`
-    (``data_dir`` is not used for files).
+    :func:`madlibs`, a path ending in a known suffix -> :func:`from_files`, a
+    ``save_to_disk`` folder -> :func:`from_disk` (``data_dir`` is not used for
+    either).
     """
     name, _, source = spec.partition(":")
     if spec == "synthetic-bios":
@@ -42,4 +44,15 @@ def load_data(spec: str = "synthetic-bios", data_dir: str | None = None, **kwarg
         return madlibs(data_dir, **kwargs)
     if Path(spec).suffix.lower() in SUFFIXES:
         return from_files(spec, **kwargs)
-    raise ValueError(f"unknown dataset {spec!r}: use synthetic-bios, bias-in-bios[:SOURCE], madlibs or a data file")
+    if Path(spec).expanduser().is_dir():
+        return from_disk(spec, **kwargs)
+    raise ValueError(f"unknown dataset {spec!r}: use synthetic-bios, bias-in-bios[:SOURCE], madlibs, a data file "
+                     f"({', '.join(SUFFIXES)}) or a save_to_disk folder")
+
+
+def is_user_data(spec: str) -> bool:
+    """True when ``spec`` names the user's own data (a file or a folder) rather than a built-in dataset."""
+    name = spec.partition(":")[0]
+    if spec in ("synthetic-bios", "madlibs") or name == "bias-in-bios":
+        return False
+    return Path(spec).suffix.lower() in SUFFIXES or Path(spec).expanduser().is_dir()
