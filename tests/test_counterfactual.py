@@ -160,3 +160,12 @@ def test_bad_weights_are_refused():
         CrawdConfig(counterfactual=-1)
     with pytest.raises(ValueError, match="equalize_positions must be one of"):
         CrawdConfig(equalize_positions="some")
+
+
+def test_a_classifier_trains_with_its_twins(tmp_path, tokenizer):
+    model = crawd.adapt(tiny_model("bert", "classification", num_labels=2), tokenizer, CrawdConfig(counterfactual=1.0))
+    texts = ["she is a nurse", "he works as a doctor"] * 8
+    data = Dataset.from_dict({"text": texts, "label": [0, 1] * 8, "gender": ["f", "m"] * 8})
+    result = train(model, tokenizer, data, tmp_path, TrainSettings(max_steps=2, batch_size=4, save_steps=2,
+                                                                     progress=False))
+    assert result.steps == 2 and math.isfinite(result.final_loss)

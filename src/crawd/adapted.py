@@ -246,6 +246,8 @@ class AdaptedModel(nn.Module):
             mask = cat(attention_mask, twins["twin_attention_mask"].to(attention_mask.dtype), 0)
             all_labels = (cat(labels, twins["twin_labels"], -100) if self.task == "lm"
                           else torch.cat([labels, twins["twin_labels"]]))
+            if "token_type_ids" in kwargs:  # one segment: the twins' are zeros as well
+                kwargs["token_type_ids"] = cat(kwargs["token_type_ids"], torch.zeros_like(twins["twin_input_ids"]), 0)
         out = self.encode(ids, mask, **kwargs)
         logits = self.head(out.last_hidden_state, mask)
         own = logits[:batch, :length] if self.task == "lm" else logits[:batch]
