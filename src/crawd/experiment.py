@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 from datasets import Dataset, DatasetDict
 from rich.console import Console
 from transformers import set_seed
@@ -35,6 +36,7 @@ from transformers import set_seed
 from crawd.config import CrawdConfig
 from crawd.methods import get_method
 from crawd.metrics import run_benchmarks
+from crawd.metrics.loglik import model_device
 from crawd.models import load_model
 from crawd.serialization import write_json
 from crawd.train import TrainSettings, train
@@ -92,8 +94,14 @@ def evaluation_options(task: str, data: DatasetDict) -> dict[str, Any]:
 
 def evaluate(model: Any, tokenizer: Any, task: str, benchmarks: list[str], data: DatasetDict,
              data_dir: str | Path | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Score ``model`` on ``benchmarks``; returns ``{"metrics": headline figures, "benchmarks": all}``."""
+    """Score ``model`` on ``benchmarks``; returns ``{"metrics": headline figures, "benchmarks": all}``.
+
+    A model on the CPU is moved to the current CUDA device when there is one (a trained model is
+    there already): the benchmarks then batch by tokens (:mod:`crawd.metrics.loglik`).
+    """
     model.eval()
+    if torch.cuda.is_available() and model_device(model).type == "cpu":
+        model.to(torch.device("cuda", torch.cuda.current_device()))
     kind = "decoder" if task == "lm" else "classifier"
     full = run_benchmarks(model, tokenizer, benchmarks, data_dir=data_dir, model_kind=kind,
                           **evaluation_options(task, data), **(options or {}))
