@@ -170,7 +170,10 @@ def test_reference_states_share_the_training_call_and_are_cached_in_eval(tokeniz
     enc = batch(tokenizer)
     model.train()(**enc)
     rows, n = enc["input_ids"].shape
-    assert calls == [(rows, n + 2)]  # one call: x with b ("he she") packed behind every row
+    assert calls == [(rows, n)]  # one call: b ("he she") packed into the 2 padding tokens of row 0
+    full = batch(tokenizer, texts=("the nurse said that she", "he works as a doctor"))
+    model(**full)
+    assert calls[1] == (2, 5 + 2)  # no padding: b packed behind every row
     calls.clear()
     model.eval()
     with torch.no_grad():
@@ -217,9 +220,12 @@ def gradients_and_calls(model, forward, enc, labels) -> tuple[dict, torch.Tensor
     ("mistral", "lm", "sdpa"), ("gemma", "lm", "sdpa"), ("llama", "classification", "sdpa"),
     ("gpt2", "classification", "sdpa"), ("bert", "classification", "sdpa"), ("bert", "classification", "eager"),
 ])
-def test_training_step_runs_the_backbone_once_with_the_two_call_gradients(arch, task, attn, head, tokenizer):
+@pytest.mark.parametrize("texts", [("the nurse said that she", "he works as a doctor in the", "the"),
+                                   ("the nurse said that she", "he works as a doctor", "he is a nurse .")],
+                         ids=["b-in-padding", "b-behind-rows"])
+def test_training_step_runs_the_backbone_once_with_the_two_call_gradients(arch, task, attn, head, texts, tokenizer):
     model = dropout_free_wrap(arch, task, head, tokenizer, attn)
-    enc = batch(tokenizer, texts=("the nurse said that she", "he works as a doctor in the", "the"))  # right-padded
+    enc = batch(tokenizer, texts=texts)  # right-padded
     enc.pop("token_type_ids", None)
     labels = (enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100) if task == "lm"
               else torch.tensor([0, 2, 1]))

@@ -132,39 +132,56 @@ class CrawdModel(AdaptedModel):
                               attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(H_x, H_b) from ONE backbone call; None where this model or batch cannot share it.
 
-        b is packed into every row as a second sequence behind the row's n columns (B x m more
-        tokens, no extra row): its positions restart at 0 and the two sequences do not attend to
-        each other, so H_b (taken from row 0) and H_x are what separate calls give, up to the
-        float rounding of differently shaped kernels. Decoders use transformers' packed-sequence
-        masks (restarting ``position_ids`` and no 2D mask, which also keeps sliding windows
-        right); that needs the padding of x on the right, where causal attention never looks, so
-        a left-padded batch returns None. Encoders get a 4D mask from transformers' own mask
-        builder with the padding of x and the two sequences. Models whose attention does not
-        honour either form (checked once, :meth:`shares_reference_pass`) return None.
+        b is packed into the batch as a second sequence: into the right padding of the row with
+        the most padding when there is room for its m tokens (no extra token at all), else
+        behind every row (B x m more tokens). Its positions restart at 0 and it neither sees
+        nor is seen by x, so H_b and H_x are what separate calls give, up to the float rounding
+        of differently shaped kernels. Decoders use transformers' packed-sequence masks
+        (restarting ``position_ids`` and no 2D mask, which also keeps sliding windows right);
+        that needs the padding of x on the right, where causal attention never looks, so a
+        left-padded batch returns None. Encoders get a 4D mask from transformers' own mask
+        builder with the padding of x and the two sequences. Models whose attention honours
+        neither form (checked once, :meth:`shares_reference_pass`) return None.
         """
-        rows, n = input_ids.shape
-        if not self.is_encoder and not bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all()):
-            return None  # left padding: the 2D mask is needed for x, the packed form has none
-        if not self.shares_reference_pass():
-            return None
-        hidden = self._packed_pass(input_ids, attention_mask)
-        return hidden[:, :n], hidden[:1, n:]
+        right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+        if not (self.is_encoder or right_padded) or not self.shares_reference_pass():
+            return None  # a left-padded decoder batch needs its 2D mask, which the packed form drops
+        hidden, host, start = self._packed_pass(input_ids, attention_mask, right_padded)
+        n, m = input_ids.shape[1], self.reference_ids.shape[1]
+        h_x = hidden if hidden.shape[1] == n else hidden[:, :n].contiguous()  # a strided view slows the matmuls
+        return h_x, hidden[host:host + 1, start:start + m]
 
-    def _packed_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states (B, n + m, d) of x with b packed behind every row."""
+    def _packed_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     right_padded: bool) -> tuple[torch.Tensor, int, int]:
+        """Last hidden states of x with b packed in (see :meth:`encode_with_reference`); b's row and column."""
         (rows, n), m = input_ids.shape, self.reference_ids.shape[1]
-        ids = torch.cat([input_ids, self.reference_ids.expand(rows, m)], dim=1)
-        positions = torch.cat([torch.arange(n, device=ids.device), torch.arange(m, device=ids.device)])[None]
+        device = input_ids.device
+        lengths = attention_mask.sum(-1)
+        host = int(lengths.argmin())
+        start = int(lengths[host]) if right_padded else n
+        positions = torch.arange(n, device=device).repeat(rows, 1)
+        sequence = torch.ones(rows, n, dtype=torch.long, device=device)  # 1 on x, 2 from b's first column
+        valid = attention_mask.bool()
+        if start + m <= n:  # b fits into the padding of row ``host``: x keeps its shape
+            ids = input_ids.clone()
+            ids[host, start:start + m] = self.reference_ids[0]
+            positions[host, start:] -= start
+            sequence[host, start:] = 2
+            valid = valid.clone()
+            valid[host, start:start + m] = True
+        else:  # behind every row
+            host, start = 0, n
+            ids = torch.cat([input_ids, self.reference_ids.expand(rows, m)], dim=1)
+            positions = torch.cat([positions, torch.arange(m, device=device).expand(rows, m)], dim=1)
+            sequence = torch.cat([sequence, sequence.new_full((rows, m), 2)], dim=1)
+            valid = torch.cat([valid, valid.new_ones(rows, m)], dim=1)
         if not self.is_encoder:
-            out = self.backbone(input_ids=ids, position_ids=positions, use_cache=False)
-            return out.last_hidden_state
-        valid = torch.cat([attention_mask.bool(), attention_mask.new_ones(rows, m, dtype=torch.bool)], dim=1)
-        sequence = (positions == 0).long().cumsum(-1).expand(rows, -1)  # 1 on x's columns, 2 on b's
+            return self.backbone(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state, host, start
         embeds = self.hf.get_input_embeddings().weight
         # only shape, dtype and device of ``inputs_embeds`` are read
-        mask = create_bidirectional_mask(config=self.hf.config, inputs_embeds=embeds.new_empty(rows, n + m, 0),
+        mask = create_bidirectional_mask(config=self.hf.config, inputs_embeds=embeds.new_empty(*ids.shape, 0),
                                          attention_mask=valid, and_mask_function=packed_sequence_mask_function(sequence))
-        return self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
+        return self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state, host, start
 
     @torch.no_grad()
     def shares_reference_pass(self) -> bool:
@@ -182,7 +199,8 @@ class CrawdModel(AdaptedModel):
             try:
                 ref, m = self.reference_ids, self.reference_ids.shape[1]
                 other = (ref + 1) % self.hf.get_input_embeddings().weight.shape[0]
-                hidden = self._packed_pass(torch.cat([other, ref]), torch.ones(2, m, dtype=torch.long, device=ref.device))
+                hidden = self._packed_pass(torch.cat([other, ref]), torch.ones(2, m, dtype=torch.long,
+                                                                                device=ref.device), True)[0]
                 packed, alone = hidden[0, m:].float(), hidden[1, :m].float()
                 ok = bool((packed - alone).abs().max() <= 1e-2 * alone.abs().max().clamp_min(1e-6))
             finally:
