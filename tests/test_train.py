@@ -102,3 +102,17 @@ def test_classification_training_and_unwritable_folder(tmp_path):
     blocker.write_text("x")
     with pytest.raises(OSError, match="cannot write to output folder"):
         train(model, make_tokenizer(), data, blocker / "sub", TrainSettings(**SETTINGS))
+
+
+@pytest.mark.parametrize("arch,task,head", [("llama", "lm", "concat"), ("bert", "classification", "residual")])
+def test_each_training_step_runs_the_backbone_once(tmp_path, arch, task, head):
+    """H_b shares the batch's backbone call (CrawdModel.encode_with_reference): one call per step."""
+    texts = SENTENCES[:16]
+    data = Dataset.from_dict({"text": texts} if task == "lm" else {"text": texts, "label": [0, 1] * 8})
+    set_seed(0)
+    model = crawd.wrap(tiny_model(arch, task, num_labels=2), make_tokenizer(), num_heads=4, head=head)
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    result = train(model, make_tokenizer(), DatasetDict(train=data), tmp_path / "run",
+                   TrainSettings(**{**SETTINGS, "learning_rate": 1e-3}))
+    assert result.steps == 6 and len(calls) == 6

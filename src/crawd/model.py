@@ -143,26 +143,30 @@ class CrawdModel(AdaptedModel):
         builder with the padding of x and the two sequences. Models whose attention honours
         neither form (checked once, :meth:`shares_reference_pass`) return None.
         """
-        right_padded = bool((attention_mask[:, 1:] <= attention_mask[:, :-1]).all())
+        lengths = attention_mask.sum(-1)
+        host = lengths.argmin()
+        right_padded = (attention_mask[:, 1:] <= attention_mask[:, :-1]).all()
+        right_padded, host, free_from = torch.stack([right_padded.long(), host, lengths[host]]).tolist()  # one sync
         if not (self.is_encoder or right_padded) or not self.shares_reference_pass():
             return None  # a left-padded decoder batch needs its 2D mask, which the packed form drops
-        hidden, host, start = self._packed_pass(input_ids, attention_mask, right_padded)
         n, m = input_ids.shape[1], self.reference_ids.shape[1]
+        start = free_from if right_padded and free_from + m <= n else n
+        hidden = self._packed_pass(input_ids, attention_mask, host, start)
+        if start == n:
+            host = 0
         h_x = hidden if hidden.shape[1] == n else hidden[:, :n].contiguous()  # a strided view slows the matmuls
         return h_x, hidden[host:host + 1, start:start + m]
 
-    def _packed_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                     right_padded: bool) -> tuple[torch.Tensor, int, int]:
-        """Last hidden states of x with b packed in (see :meth:`encode_with_reference`); b's row and column."""
+    def _packed_pass(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, host: int,
+                     start: int) -> torch.Tensor:
+        """Last hidden states of x with b packed in (see :meth:`encode_with_reference`): at columns
+        ``start:start + m`` of row ``host``, in its right padding, or (``start`` = n) behind every row."""
         (rows, n), m = input_ids.shape, self.reference_ids.shape[1]
         device = input_ids.device
-        lengths = attention_mask.sum(-1)
-        host = int(lengths.argmin())
-        start = int(lengths[host]) if right_padded else n
         positions = torch.arange(n, device=device).repeat(rows, 1)
         sequence = torch.ones(rows, n, dtype=torch.long, device=device)  # 1 on x, 2 from b's first column
         valid = attention_mask.bool()
-        if start + m <= n:  # b fits into the padding of row ``host``: x keeps its shape
+        if start < n:  # b fits into the padding of row ``host``: x keeps its shape
             ids = input_ids.clone()
             ids[host, start:start + m] = self.reference_ids[0]
             positions[host, start:] -= start
@@ -170,18 +174,17 @@ class CrawdModel(AdaptedModel):
             valid = valid.clone()
             valid[host, start:start + m] = True
         else:  # behind every row
-            host, start = 0, n
             ids = torch.cat([input_ids, self.reference_ids.expand(rows, m)], dim=1)
             positions = torch.cat([positions, torch.arange(m, device=device).expand(rows, m)], dim=1)
             sequence = torch.cat([sequence, sequence.new_full((rows, m), 2)], dim=1)
             valid = torch.cat([valid, valid.new_ones(rows, m)], dim=1)
         if not self.is_encoder:
-            return self.backbone(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state, host, start
+            return self.backbone(input_ids=ids, position_ids=positions, use_cache=False).last_hidden_state
         embeds = self.hf.get_input_embeddings().weight
         # only shape, dtype and device of ``inputs_embeds`` are read
         mask = create_bidirectional_mask(config=self.hf.config, inputs_embeds=embeds.new_empty(*ids.shape, 0),
                                          attention_mask=valid, and_mask_function=packed_sequence_mask_function(sequence))
-        return self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state, host, start
+        return self.backbone(input_ids=ids, attention_mask=mask, position_ids=positions).last_hidden_state
 
     @torch.no_grad()
     def shares_reference_pass(self) -> bool:
@@ -200,7 +203,7 @@ class CrawdModel(AdaptedModel):
                 ref, m = self.reference_ids, self.reference_ids.shape[1]
                 other = (ref + 1) % self.hf.get_input_embeddings().weight.shape[0]
                 hidden = self._packed_pass(torch.cat([other, ref]), torch.ones(2, m, dtype=torch.long,
-                                                                                device=ref.device), True)[0]
+                                                                                device=ref.device), 0, m)
                 packed, alone = hidden[0, m:].float(), hidden[1, :m].float()
                 ok = bool((packed - alone).abs().max() <= 1e-2 * alone.abs().max().clamp_min(1e-6))
             finally:
