@@ -322,18 +322,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     for label, fig in crows.get("runs", {}).items():
         lines.append(f"| crows | {fig['status']} | {label}: {fig['seconds']} s for {fig['n_pairs']} pairs | "
                      f"<= {TARGETS['crows_seconds']} s |")
-    if crows.get("status") == "skipped":
-        lines.append(f"| crows | skipped | {crows['reason']} | - |")
-    qlora = steps.get("qlora", {})
-    for label, fig in qlora.get("runs", {}).items():
+    for label, fig in steps.get("qlora", {}).get("runs", {}).items():
         lines.append(f"| qlora | {fig['status']} | {label}: {fig.get('steps', '-')} steps, final loss "
                      f"{fig.get('final_loss', '-')} {fig.get('error', '')} | runs |")
-    if qlora.get("status") == "skipped":
-        lines.append(f"| qlora | skipped | {qlora['reason']} | - |")
-    for name in ("install", "pytest"):
-        if name in steps:
-            info = {k: v for k, v in steps[name].items() if k != "status"}
-            lines.append(f"| {name} | {steps[name]['status']} | {info} | - |")
+    for name, info in steps.items():  # whole-step outcomes: install, pytest, and any skipped or broken step
+        status = str(info.get("status", ""))
+        if name in ("install", "pytest") or status.startswith(("skipped", "error", "failed")):
+            details = {k: v for k, v in info.items() if k not in ("status", "runs", "ratios")}
+            lines.append(f"| {name} | {status} | {details} | - |")
     return "\n".join(lines) + "\n"
 
 
