@@ -406,6 +406,8 @@ def bench(
     heads: str = typer.Option("residual,concat", help="CrAWD variants against vanilla: residual, concat, self"),
     batch: int = typer.Option(8, help="training batch size"),
     seq_len: int = typer.Option(128, "--seq-len", help="training sequence length"),
+    padding: float = typer.Option(0.0, help="share of a training row that may be padding (right-padded rows of "
+                                            "random lengths, as collated texts); 0: every token valid"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: per device)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
@@ -423,7 +425,8 @@ def bench(
     if repeats is not None and repeats < 1:
         raise ValueError(f"--repeats must be at least 1, got {repeats}")
     result = run_bench(model=model, random_config=random_config, heads=[h.strip() for h in heads.split(",")],
-                       batch=batch, seq_len=seq_len, device=device, dtype=dtype, threads=threads, timer=timer,
+                       batch=batch, seq_len=seq_len, padding=padding, device=device, dtype=dtype, threads=threads,
+                       timer=timer,
                        memory=memory, repeats=repeats or (3 if quick else 5), gen_tokens=gen_tokens)
     console.print(format_bench(result))
     if json_path:
