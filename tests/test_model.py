@@ -403,3 +403,20 @@ def test_real_minilm_classifier_exact_start():
         for head in ("concat", "residual"):
             got = crawd.wrap(base, tok, CrawdConfig(head=head, num_heads=8)).eval()(**enc).logits
             assert max_diff(got, expected) < 1e-5
+
+
+def test_an_encoder_whose_attention_refuses_the_packed_form_keeps_two_calls(tokenizer, caplog):
+    from conftest import WORDS
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DebertaV2Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                             vocab_size=len(WORDS), max_position_embeddings=64, pad_token_id=0, num_labels=3)
+    with caplog.at_level(logging.WARNING):
+        model = crawd.wrap(DebertaV2ForSequenceClassification(config), tokenizer, num_heads=4).train()
+    assert not model.shares_reference_pass()  # its attention builds its own mask: a 4D one does not fit
+    assert "H_b keeps a backbone call of its own in training" in caplog.text
+    enc = batch(tokenizer)
+    enc.pop("token_type_ids", None)
+    _, out, calls = gradients_and_calls(model, model, enc, torch.tensor([0, 2]))
+    assert calls == 2 and torch.isfinite(out.loss)

@@ -13,6 +13,7 @@ Either start gives exactly the base model's logits.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import torch
@@ -28,6 +29,8 @@ from crawd.adapted import AdaptedModel
 from crawd.block import CrossAttentionBlock
 from crawd.config import CrawdConfig
 from crawd.sensitive import reference_ids
+
+logger = logging.getLogger(__name__)
 
 
 class CrawdModel(AdaptedModel):
@@ -143,7 +146,7 @@ class CrawdModel(AdaptedModel):
         builder with the padding of x and the two sequences. Models whose attention honours
         neither form (checked once, :meth:`shares_reference_pass`) return None.
         """
-        lengths = attention_mask.sum(-1)
+        lengths = attention_mask.long().sum(-1)
         host = lengths.argmin()
         right_padded = (attention_mask[:, 1:] <= attention_mask[:, :-1]).all()
         right_padded, host, free_from = torch.stack([right_padded.long(), host, lengths[host]]).tolist()  # one sync
@@ -190,10 +193,11 @@ class CrawdModel(AdaptedModel):
     def shares_reference_pass(self) -> bool:
         """Whether H_b can share the backbone call of x: checked once per attention implementation.
 
-        Row 0 packs b behind other tokens (ids + 1), row 1 behind itself: the packed H_b of row 0
-        must equal the first m states of row 1, which are b's own pass for a decoder (causal) and,
-        for an encoder, whenever the mask is honoured. A model that ignores the restarted
-        positions or the mask lets b see the other tokens, and the two differ.
+        b is packed behind other tokens (ids + 1) in row 0 and behind itself in row 1; both the
+        packed b of row 0 and the first m states of row 1 (b as x, with explicit positions 0..m-1)
+        must equal b's own pass through the backbone. A model that ignores the restarted positions
+        or the mask (b would see the other tokens), counts positions its own way (RoBERTa starts
+        after the padding index) or takes no ``position_ids`` fails, keeps two calls and says so.
         """
         impl = str(self.hf.config._attn_implementation)
         if self._packing is None or self._packing[0] != impl:
@@ -201,14 +205,21 @@ class CrawdModel(AdaptedModel):
             self.backbone.eval()  # no dropout in the comparison
             try:
                 ref, m = self.reference_ids, self.reference_ids.shape[1]
+                alone = self.encode(ref, torch.ones_like(ref)).last_hidden_state[0].float()
                 other = (ref + 1) % self.hf.get_input_embeddings().weight.shape[0]
                 hidden = self._packed_pass(torch.cat([other, ref]), torch.ones(2, m, dtype=torch.long,
-                                                                                device=ref.device), 0, m)
-                packed, alone = hidden[0, m:].float(), hidden[1, :m].float()
-                ok = bool((packed - alone).abs().max() <= 1e-2 * alone.abs().max().clamp_min(1e-6))
+                                                                                device=ref.device), 0, m).float()
+                tolerance = 1e-2 * alone.abs().max().clamp_min(1e-6)
+                ok = all(bool((h - alone).abs().max() <= tolerance) for h in (hidden[0, m:], hidden[1, :m]))
+                reason = "its packed states differ from a pass of their own"
+            except Exception as err:  # a capability probe: any failure means "not supported"
+                ok, reason = False, f"{type(err).__name__}: {str(err).strip()[:200]}"
             finally:
                 for module, mode in modes.items():
                     module.training = mode
+            if not ok:
+                logger.warning("%s: H_b keeps a backbone call of its own in training (%s)", type(self.hf).__name__,
+                               reason)
             self._packing = (impl, ok)
         return self._packing[1]
 
