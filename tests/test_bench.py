@@ -66,12 +66,28 @@ def test_cli_bench_passes_its_options(tmp_path, capsys):
 
     out = tmp_path / "bench.json"
     main(["bench", "--random-config", "tiny", "--heads", "self", "--batch", "2", "--seq-len", "8", "--threads", "1",
-          "--device", "cpu", "--no-memory", "--quick", "--json", str(out)])
+          "--device", "cpu", "--no-memory", "--quick", "--repeats", "2", "--gen-tokens", "0", "--padding", "0.5",
+          "--json", str(out)])
     result = json.loads(out.read_text())
     assert result["settings"]["heads"] == ["self"] and result["settings"]["seq_len"] == 8
+    assert result["settings"]["repeats"] == 2 and result["generate"] is None and result["settings"]["padding"] == 0.5
     assert set(result["train"]) == {"vanilla", "self"} and result["memory"] is None
     assert "train step time" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--random-config", "tiny", "--heads", "wide"])
     assert exit_info.value.code == 2
     assert "error: unknown head 'wide': use residual, concat or self" in capsys.readouterr().out
+
+
+def test_random_model_is_built_on_the_target_device():
+    base, _ = bench.load_base(random_config="llama-1b", device="meta", dtype=torch.bfloat16)  # no CPU weights at all
+    assert {p.device.type for p in base.parameters()} == {"meta"}
+    assert sum(p.numel() for p in base.parameters()) > 1e9
+
+
+def test_padded_training_batch_is_right_padded():
+    ids, mask = bench._batch(6, 20, 100, torch.device("cpu"), seed=1, padding=0.5)
+    lengths = mask.sum(-1)
+    assert mask[0].all() and (lengths >= 10).all() and (lengths < 20).any()
+    assert torch.equal(mask, (torch.arange(20)[None] < lengths[:, None]).long())  # valid tokens first
+    assert torch.equal(bench._batch(6, 20, 100, torch.device("cpu"), seed=1)[0][mask.bool()], ids[mask.bool()])

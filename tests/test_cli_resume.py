@@ -65,3 +65,36 @@ def test_eval_keeps_each_models_scores_and_reads_them_on_a_rerun(tmp_path: Path,
     capsys.readouterr()
     assert run([*argv[:-1], '{"ppl": 2}']) == 2
     assert "error: --eval-options must map benchmark names to option objects" in capsys.readouterr().out
+
+
+def test_compare_reruns_what_was_asked_differently(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
+    config = tmp_path / "tiny.yaml"
+
+    def write_config(max_steps: int, benchmarks: str) -> None:
+        config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [{benchmarks}]\n"
+                          f"seeds: [0]\nsettings: {{max_steps: {max_steps}, batch_size: 4, seq_len: 16, save_steps: 1}}\n"
+                          "crawd: {num_heads: 4}\nmethods: [vanilla]\n")
+
+    out = tmp_path / "out"
+    run_json = out / "runs" / "vanilla-seed0" / "run.json"
+    write_config(1, "ppl")
+    assert run(["compare", "--config", config, "--out", out]) == 0
+    first = json.loads(run_json.read_text())
+    assert first["train"]["steps"] == 1 and first["request"]["train"]["settings"]["max_steps"] == 1
+
+    # only the benchmarks changed: the trained model is scored again, not trained again
+    write_config(1, "ppl, gas")
+    capsys.readouterr()
+    assert run(["compare", "--config", config, "--out", out]) == 0
+    assert "scored with other settings (benchmarks); scoring the trained model again" in capsys.readouterr().out
+    second = json.loads(run_json.read_text())
+    assert set(second["benchmarks"]) == {"ppl", "gas"} and second["train"] == first["train"]
+
+    # a training setting changed: the old run is kept aside and the run trains again
+    write_config(2, "ppl, gas")
+    assert run(["compare", "--config", config, "--out", out]) == 0
+    assert "was trained with other settings (settings.max_steps); moved to vanilla-seed0.replaced-1" in \
+        " ".join(capsys.readouterr().out.split())
+    assert json.loads(run_json.read_text())["train"]["steps"] == 2
+    assert json.loads((out / "runs" / "vanilla-seed0.replaced-1" / "run.json").read_text()) == second

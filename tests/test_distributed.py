@@ -10,9 +10,13 @@ the two runs draw different masks and cannot agree.
 One weight is special: the key bias of the cross-attention gets an analytically zero
 gradient (a bias on every key shifts each softmax row by a constant), so it only
 ever moves by float noise that Adam normalises to lr-sized steps; it is compared with
-a looser bound, and everything else to 2e-5 (the float noise depends on the rows and their
-order: the largest difference was 2.8e-6 when this CSV was split by label, 1.1e-5 (block.v_proj)
-since a --task lm CSV is a corpus split at random; the weights move 7.5e-3 in both).
+a looser bound. Everything else must agree to 1% of how far the weights moved in the last two
+steps: the float noise depends on the rows, their order and where the reference sequence b is
+packed into each process's batch (the row with the most padding of 8 rows, or of 4), and Adam
+turns it into lr-sized steps on weights whose gradient is still near zero (LoRA A while B is
+near 0). Measured: 2.8e-6 when this CSV was split by label and b had its own pass, 1.1e-5 as a
+--task lm corpus, 3.8e-5 (layer 0 v_proj lora_A) with b packed into the batch, against 7.5e-3 of
+movement; a wrong loss normalisation (a factor of 2) moves weights by the order of the movement.
 """
 
 from __future__ import annotations
@@ -64,6 +68,6 @@ def test_two_processes_train_the_same_adapter_as_one(tmp_path):
                 .abs().max().item() for k in one)
     print(f"\n[figure] 1 vs 2 processes, max |adapter difference|: {max(diffs.values()):.3g} over all weights, "
           f"{rest:.3g} without {NOISE_ONLY}; weights moved {moved:.3g} in the last 2 steps")
-    assert rest < 2e-5 and diffs[NOISE_ONLY] < 1e-3 and moved > 1e-3
+    assert moved > 1e-3 and rest < 1e-2 * moved and diffs[NOISE_ONLY] < 1e-3
     for run in ("one", "two"):
         assert json.loads((tmp_path / run / "train_summary.json").read_text())["steps"] == 4

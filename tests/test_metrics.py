@@ -14,6 +14,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from crawd import metrics as M
+from crawd.metrics.pronoun_skew import next_token_masses
 from crawd.metrics.weat import word_vectors
 
 WORDS = ["[PAD]", "[UNK]", "<s>", "</s>", "[CLS]", "[SEP]", "[MASK]", "the", "man", "woman",
@@ -117,6 +118,35 @@ def test_sequence_and_continuation_logprobs(tok):
     np.testing.assert_allclose(cont.sum, [lp("the", "woman") + lp("woman", "is"), lp("man", "is")],
                                rtol=1e-5)
     np.testing.assert_allclose(cont.mean, cont.sum / [2, 1])
+
+
+def test_length_batches_sort_and_fill_a_token_budget(monkeypatch):
+    from crawd.metrics import loglik
+
+    lengths = [3, 9, 1, 9, 4, 2]
+    assert loglik.length_batches(lengths, 4, None, default=16) == [[1, 3, 4, 0], [5, 2]]  # longest first
+    assert loglik.length_batches(lengths, None, BigramLM(), default=5) == [[1, 3, 4, 0, 5], [2]]  # CPU: default
+    monkeypatch.setattr(loglik, "token_budget", lambda model: 12)  # as on a GPU with room for 12 tokens
+    batches = loglik.length_batches(lengths, None, BigramLM(), default=5, extra_tokens=1)
+    assert batches == [[1], [3], [4, 0], [5, 2]]
+    assert all(len(b) * (lengths[b[0]] + 1) <= 12 for b in batches)
+
+
+def test_results_keep_their_order_whatever_the_batches(tok, monkeypatch):
+    from crawd.metrics import loglik
+
+    texts = ["the man", "the woman is good", "cat", "the woman is", "the"]
+    model = BigramLM()
+    one = M.sequence_logprobs(model, tok, texts, batch_size=1)
+    vectors = word_vectors(model, tok, ["nurse", "cat", "doctor"], batch_size=1)
+    masses = next_token_masses(model, tok, texts, [ID["she"]], [ID["he"]], batch_size=1)
+    monkeypatch.setattr(loglik, "token_budget", lambda model: 7)  # by tokens: batches of 1 to 3 rows
+    auto = M.sequence_logprobs(model, tok, texts)
+    np.testing.assert_allclose(auto.sum, one.sum, rtol=1e-6)
+    np.testing.assert_array_equal(auto.count, one.count)
+    np.testing.assert_allclose(word_vectors(model, tok, ["nurse", "cat", "doctor"]), vectors, rtol=1e-6)
+    for a, b in zip(next_token_masses(model, tok, texts, [ID["she"]], [ID["he"]]), masses):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 def test_perplexity(tok):

@@ -162,24 +162,140 @@ def test_gradients_reach_block_head_and_lora_only(tokenizer, head):
     assert all(n.startswith(("block.", "concat_head.", "cross_proj.")) or "lora_" in n for n in trainable)
 
 
-def test_reference_states_once_per_forward_and_cached_in_eval(tokenizer, monkeypatch):
+def test_reference_states_share_the_training_call_and_are_cached_in_eval(tokenizer, monkeypatch):
     model = crawd.wrap(tiny_model("llama"), tokenizer, num_heads=4)
     calls = []
-    original = model.encode
-    monkeypatch.setattr(model, "encode", lambda ids, mask, **kw: calls.append(ids.shape) or original(ids, mask, **kw))
+    original = model.backbone.forward
+    monkeypatch.setattr(model.backbone, "forward", lambda **kw: calls.append(kw["input_ids"].shape) or original(**kw))
     enc = batch(tokenizer)
     model.train()(**enc)
-    assert calls == [enc["input_ids"].shape, (1, 2)]  # H_x once, H_b once on a batch of one
+    rows, n = enc["input_ids"].shape
+    assert calls == [(rows, n)]  # one call: b ("he she") packed into the 2 padding tokens of row 0
+    full = batch(tokenizer, texts=("the nurse said that she", "he works as a doctor"))
+    model(**full)
+    assert calls[1] == (2, 5 + 2)  # no padding: b packed behind every row
     calls.clear()
     model.eval()
     with torch.no_grad():
         model(**enc)
         model(**enc)
-    assert calls.count((1, 2)) == 1  # cached across eval forwards
+    assert calls.count((1, 2)) == 1  # H_b in its own call, cached across eval forwards
     with torch.no_grad():
         next(p for n, p in model.named_parameters() if "lora_B" in n).add_(0.1)
         model(**enc)
     assert calls.count((1, 2)) == 2  # recomputed after the weights changed
+
+
+NO_DROPOUT = {"gpt2": {"resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0},
+              "bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
+
+
+def dropout_free_wrap(arch: str, task: str, head: str, tokenizer, attn: str = "sdpa", **config) -> crawd.CrawdModel:
+    """A tiny model without any dropout (so that two forward passes are comparable), moved off its exact start."""
+    from conftest import tiny_config
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    extra = {**NO_DROPOUT.get(arch, {}), **({"num_labels": 3} if task == "classification" else {})}
+    auto = AutoModelForCausalLM if task == "lm" else AutoModelForSequenceClassification
+    base = auto.from_config(tiny_config(arch, **extra), attn_implementation=attn)
+    model = crawd.wrap(base, tokenizer, CrawdConfig(head=head, num_heads=4, dropout=0.0, lora_dropout=0.0, **config))
+    perturb(model, scale=0.3)
+    return model.train()
+
+
+def gradients_and_calls(model, forward, enc, labels) -> tuple[dict, torch.Tensor, int]:
+    calls = []
+    hook = model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    model.zero_grad()
+    out = forward(**enc, labels=labels)
+    out.loss.backward()
+    hook.remove()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, out, len(calls)
+
+
+@pytest.mark.parametrize("head", ["concat", "residual"])
+@pytest.mark.parametrize("arch,task,attn", [
+    ("llama", "lm", "sdpa"), ("llama", "lm", "eager"), ("gpt2", "lm", "sdpa"), ("qwen2", "lm", "sdpa"),
+    ("mistral", "lm", "sdpa"), ("gemma", "lm", "sdpa"), ("llama", "classification", "sdpa"),
+    ("gpt2", "classification", "sdpa"), ("bert", "classification", "sdpa"), ("bert", "classification", "eager"),
+])
+@pytest.mark.parametrize("texts", [("the nurse said that she", "he works as a doctor in the", "the"),
+                                   ("the nurse said that she", "he works as a doctor", "he is a nurse .")],
+                         ids=["b-in-padding", "b-behind-rows"])
+def test_training_step_runs_the_backbone_once_with_the_two_call_gradients(arch, task, attn, head, texts, tokenizer):
+    model = dropout_free_wrap(arch, task, head, tokenizer, attn)
+    enc = batch(tokenizer, texts=texts)  # right-padded
+    enc.pop("token_type_ids", None)
+    labels = (enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100) if task == "lm"
+              else torch.tensor([0, 2, 1]))
+    one, out_one, calls_one = gradients_and_calls(model, model, enc, labels)
+    # AdaptedModel.forward runs the backbone on x, then the head asks for H_b: the two-call version
+    two, out_two, calls_two = gradients_and_calls(model, lambda **kw: crawd.AdaptedModel.forward(model, **kw), enc, labels)
+    assert (calls_one, calls_two) == (1, 2)
+    valid = enc["attention_mask"].bool() if task == "lm" else slice(None)
+    assert out_one.logits.shape == out_two.logits.shape  # the packed reference adds no row and no column
+    torch.testing.assert_close(out_one.logits[valid], out_two.logits[valid], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(out_one.loss, out_two.loss, rtol=1e-6, atol=1e-6)
+    assert one.keys() == two.keys() and any(n.startswith("base.") for n in one)  # LoRA or the full backbone
+    for name in two:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_a_reference_longer_than_the_input_shares_the_call(tokenizer):
+    model = dropout_free_wrap("llama", "lm", "residual", tokenizer, sensitive_words=("he", "she", "his", "her", "him", "hers"))
+    enc = batch(tokenizer, texts=("the nurse", "he"))
+    labels = enc["input_ids"].masked_fill(enc["attention_mask"] == 0, -100)
+    one, _, calls_one = gradients_and_calls(model, model, enc, labels)
+    two, _, _ = gradients_and_calls(model, lambda **kw: crawd.AdaptedModel.forward(model, **kw), enc, labels)
+    assert model.reference_ids.shape[1] > enc["input_ids"].shape[1] and calls_one == 1
+    for name in two:
+        torch.testing.assert_close(one[name], two[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_left_padding_or_a_backbone_that_ignores_packing_gets_a_second_call(tokenizer, monkeypatch):
+    model = dropout_free_wrap("llama", "lm", "residual", tokenizer)
+    left = batch(tokenizer, side="left")
+    assert gradients_and_calls(model, model, left, left["input_ids"])[2] == 2  # x needs its 2D mask
+    enc = batch(tokenizer)
+    original = model.backbone.forward
+    monkeypatch.setattr(model.backbone, "forward",
+                        lambda **kw: original(**{k: v for k, v in kw.items() if k != "position_ids"}))
+    model._packing = None  # check again: b would now see the tokens packed before it
+    assert not model.shares_reference_pass()
+    one, _, calls = gradients_and_calls(model, model, enc, enc["input_ids"])
+    two, _, _ = gradients_and_calls(model, lambda **kw: crawd.AdaptedModel.forward(model, **kw), enc, enc["input_ids"])
+    assert calls == 2 and all(torch.equal(one[n], two[n]) for n in two)
+
+
+def test_cached_reference_follows_adapter_switches(tokenizer):
+    from peft import LoraConfig
+
+    model = crawd.wrap(tiny_model("llama"), tokenizer, num_heads=4).eval()
+    perturb(model)  # LoRA B away from 0: the adapter changes H_b
+    enc = batch(tokenizer)
+
+    def uncached() -> torch.Tensor:
+        ids = model.reference_ids
+        return model.encode(ids, torch.ones_like(ids)).last_hidden_state
+
+    with torch.no_grad():
+        on = model.reference_states()
+        with model.base.disable_adapter():
+            off = model.reference_states()
+            assert torch.equal(off, uncached()) and not torch.allclose(off, on)
+            off_logits = model(**enc).logits
+            model._reference_cache = None
+            assert torch.equal(model(**enc).logits, off_logits)
+        assert torch.equal(model.reference_states(), on)
+        model.base.add_adapter("other", LoraConfig(r=2, target_modules=["q_proj"], init_lora_weights=False))
+        model.base.set_adapter("other")
+        assert torch.equal(model.reference_states(), uncached()) and not torch.allclose(uncached(), on)
+        model.base.set_adapter("default")
+        assert torch.equal(model.reference_states(), on)
+        model.base.base_model.merge_adapter()
+        merged = model.reference_states()
+        assert torch.equal(merged, uncached()) and torch.allclose(merged, on, atol=1e-5)
 
 
 def test_cross_attention_inspection(tokenizer):
@@ -287,3 +403,20 @@ def test_real_minilm_classifier_exact_start():
         for head in ("concat", "residual"):
             got = crawd.wrap(base, tok, CrawdConfig(head=head, num_heads=8)).eval()(**enc).logits
             assert max_diff(got, expected) < 1e-5
+
+
+def test_an_encoder_whose_attention_refuses_the_packed_form_keeps_two_calls(tokenizer, caplog):
+    from conftest import WORDS
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
+
+    torch.manual_seed(0)
+    config = DebertaV2Config(num_hidden_layers=2, hidden_size=32, num_attention_heads=4, intermediate_size=64,
+                             vocab_size=len(WORDS), max_position_embeddings=64, pad_token_id=0, num_labels=3)
+    with caplog.at_level(logging.WARNING):
+        model = crawd.wrap(DebertaV2ForSequenceClassification(config), tokenizer, num_heads=4).train()
+    assert not model.shares_reference_pass()  # its attention builds its own mask: a 4D one does not fit
+    assert "H_b keeps a backbone call of its own in training" in caplog.text
+    enc = batch(tokenizer)
+    enc.pop("token_type_ids", None)
+    _, out, calls = gradients_and_calls(model, model, enc, torch.tensor([0, 2]))
+    assert calls == 2 and torch.isfinite(out.loss)

@@ -120,3 +120,17 @@ def test_a_folder_of_another_method_is_refused_before_training(tmp_path):
     resumed = train(crawd.adapt(tiny_model("llama"), make_tokenizer()), make_tokenizer(), lm_data(), out,
                     TrainSettings(**SETTINGS), method="cda")  # same kind of adapter: accepted, then recorded
     assert resumed.resumed_from is not None and json.loads((out / "crawd_run.json").read_text())["method"] == "cda"
+
+
+@pytest.mark.parametrize("arch,task,head", [("llama", "lm", "concat"), ("bert", "classification", "residual")])
+def test_each_training_step_runs_the_backbone_once(tmp_path, arch, task, head):
+    """H_b shares the batch's backbone call (CrawdModel.encode_with_reference): one call per step."""
+    texts = SENTENCES[:16]
+    data = Dataset.from_dict({"text": texts} if task == "lm" else {"text": texts, "label": [0, 1] * 8})
+    set_seed(0)
+    model = crawd.wrap(tiny_model(arch, task, num_labels=2), make_tokenizer(), num_heads=4, head=head)
+    calls = []
+    model.backbone.register_forward_hook(lambda *args: calls.append(1))
+    result = train(model, make_tokenizer(), DatasetDict(train=data), tmp_path / "run",
+                   TrainSettings(**{**SETTINGS, "learning_rate": 1e-3}))
+    assert result.steps == 6 and len(calls) == 6

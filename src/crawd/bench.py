@@ -54,6 +54,8 @@ BENCH_OPTIONS: dict[str, str] = {
              "and self (mode='self', the in-attention decay)",
     "batch": "training batch size B (default 8)",
     "seq_len": "training sequence length n (default 128)",
+    "padding": "share of a training row that may be padding: rows get random lengths in [n (1 - padding), n] "
+               "(row 0: n), right-padded, as a collated batch of real texts (default 0: every token valid)",
     "ref_len": "reference length m: None uses the words of the config ('he she'), an integer replaces "
                "the reference sequence by m random token ids (the cost depends on m only)",
     "repeats": "timed training rounds, each one step of every model (default 5)",
@@ -184,14 +186,18 @@ def _word_tokenizer(vocab_size: int):
 
 def load_base(model: str = "smollm2-135m", random_config: str | dict | None = None,
               device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0):
-    """The base causal LM and its tokenizer, on ``device`` in ``dtype``, in eval mode."""
+    """The base causal LM and its tokenizer, on ``device`` in ``dtype``, in eval mode.
+
+    A random-weights model is built and initialised directly on ``device`` (a 1.1B model takes
+    about a minute to initialise on a CPU, well under a second on a GPU)."""
     if random_config is not None:
         from transformers import AutoModelForCausalLM, LlamaConfig
 
         fields = RANDOM_CONFIGS[random_config] if isinstance(random_config, str) else dict(random_config)
         cfg = LlamaConfig(**fields, bos_token_id=2, eos_token_id=2, pad_token_id=0)
         torch.manual_seed(seed)
-        base = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
+        with torch.device(device):
+            base = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
         tok = _word_tokenizer(cfg.vocab_size)
     else:
         from crawd.models import load_model
@@ -255,7 +261,7 @@ class _Trainer:
     def step(self, ids: torch.Tensor, mask: torch.Tensor) -> float:
         _sync(self.device)
         start = self.clock()
-        loss = self.model(input_ids=ids, attention_mask=mask, labels=ids).loss
+        loss = self.model(input_ids=ids, attention_mask=mask, labels=ids.masked_fill(mask == 0, -100)).loss
         loss.backward()
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
@@ -287,17 +293,21 @@ def _ratio(num: list[float], den: list[float], invert: bool = False) -> dict[str
     return {"median": med, "min": min(pairs), "max": max(pairs), "pair_median": statistics.median(pairs)}
 
 
-def _batch(batch: int, seq_len: int, vocab_size: int, device: torch.device, seed: int):
+def _batch(batch: int, seq_len: int, vocab_size: int, device: torch.device, seed: int, padding: float = 0.0):
     gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(3, vocab_size, (batch, seq_len), generator=gen).to(device)
-    return ids, torch.ones_like(ids)
+    ids = torch.randint(3, vocab_size, (batch, seq_len), generator=gen)
+    lengths = seq_len - (torch.rand(batch, generator=gen) * padding * seq_len).long()
+    lengths[0] = seq_len
+    mask = (torch.arange(seq_len)[None] < lengths[:, None]).long()
+    return ids.masked_fill(mask == 0, 0).to(device), mask.to(device)
 
 
 def time_training(models: dict[str, Any], batch: int, seq_len: int, vocab_size: int, device: torch.device,
                   repeats: int, warmup: int, seed: int = 0, verbose: bool = False,
-                  trainers: dict[str, _Trainer] | None = None, timer: str = "wall") -> dict[str, list[float]]:
+                  trainers: dict[str, _Trainer] | None = None, timer: str = "wall",
+                  padding: float = 0.0) -> dict[str, list[float]]:
     """Per-step times of every model on the same fixed batch, interleaved."""
-    ids, mask = _batch(batch, seq_len, vocab_size, device, seed)
+    ids, mask = _batch(batch, seq_len, vocab_size, device, seed, padding)
     trainers = trainers or {k: _Trainer(m, device, timer) for k, m in models.items()}
     runs = {k: (lambda t=t: t.step(ids, mask)) for k, t in trainers.items()}
     return _interleave(runs, repeats, warmup, verbose, f"train B={batch} n={seq_len}")
@@ -368,7 +378,8 @@ def memory_worker(spec: dict[str, Any]) -> dict[str, Any]:
     del base
     gc.collect()
     trainer = _Trainer(model, device)
-    ids, mask = _batch(spec["batch"], spec["seq_len"], model.hf.config.vocab_size, device, spec["seed"])
+    ids, mask = _batch(spec["batch"], spec["seq_len"], model.hf.config.vocab_size, device, spec["seed"],
+                       spec.get("padding", 0.0))
     rss_model = _rss_bytes()
     reset_ok = _reset_peak_rss()
     if device.type == "cuda":
@@ -452,6 +463,7 @@ def run_bench(
     heads: Sequence[str] = ("residual", "concat"),
     batch: int = 8,
     seq_len: int = 128,
+    padding: float = 0.0,
     ref_len: int | None = None,
     repeats: int = 5,
     warmup: int = 1,
@@ -480,6 +492,8 @@ def run_bench(
     ``max``, ``target``, ``met``) and ``seconds`` (the benchmark's own wall time).
     """
     heads = tuple(heads)
+    if not 0 <= padding < 1:
+        raise ValueError(f"padding must be in [0, 1), got {padding}")
     for h in heads:
         if h not in ("residual", "concat", "self"):
             raise ValueError(f"unknown head {h!r}: use residual, concat or self")
@@ -489,13 +503,14 @@ def run_bench(
     try:
         return _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_tokens, gen_repeats,
                           gen_prompt_len, gen_batch, memory, mem_steps, device, dtype, random_config, compile,
-                          ffn_dims, seed, verbose, timer)
+                          ffn_dims, seed, verbose, timer, padding)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_tokens, gen_repeats, gen_prompt_len,
-               gen_batch, memory, mem_steps, device, dtype, random_config, compile, ffn_dims, seed, verbose, timer):
+               gen_batch, memory, mem_steps, device, dtype, random_config, compile, ffn_dims, seed, verbose, timer,
+               padding):
     t_start = time.perf_counter()
     dev = _resolve_device(device)
     dt = _resolve_dtype(dtype, dev)
@@ -515,13 +530,14 @@ def _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_token
     gc.collect()
 
     settings = {"model": model if random_config is None else f"random:{random_config}", "heads": list(heads),
-                "batch": batch, "seq_len": seq_len, "ref_len": m, "repeats": repeats, "warmup": warmup,
+                "batch": batch, "seq_len": seq_len, "padding": padding, "ref_len": m, "repeats": repeats, "warmup": warmup,
                 "gen_tokens": gen_tokens, "gen_repeats": gen_repeats, "gen_prompt_len": gen_prompt_len,
                 "gen_batch": gen_batch, "device": str(dev), "dtype": str(dt).replace("torch.", ""),
                 "threads": torch.get_num_threads(), "compile": compile, "base_parameters": base_total,
                 "timer": timer}
     _log(verbose, f"training: {len(variants)} models, B={batch} n={seq_len} m={m}, {warmup} warm-up + {repeats} rounds")
-    train = time_training(variants, batch, seq_len, vocab, dev, repeats, warmup, seed, verbose, timer=timer)
+    train = time_training(variants, batch, seq_len, vocab, dev, repeats, warmup, seed, verbose, timer=timer,
+                          padding=padding)
 
     gen = None
     if gen_tokens > 0:
@@ -534,7 +550,7 @@ def _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_token
     mem = None
     if memory:
         spec = {"model": model, "random_config": random_config, "device": str(dev), "dtype": settings["dtype"],
-                "seed": seed, "batch": batch, "seq_len": seq_len, "steps": mem_steps,
+                "seed": seed, "batch": batch, "seq_len": seq_len, "padding": padding, "steps": mem_steps,
                 "threads": torch.get_num_threads(), "ref_ids": ref_ids.tolist() if ref_ids is not None else None}
         mem = {}
         for kind in ("vanilla", *heads):
@@ -657,7 +673,9 @@ def format_bench(result: dict[str, Any]) -> str:
         + (f", load average {mach['load_average']}" if "load_average" in mach else ""),
         "versions: " + ", ".join(f"{k} {v}" for k, v in ver.items()),
         (f"setting : {s['model']} ({s['base_parameters'] / 1e6:.1f}M params), {s['device']} {s['dtype']}, "
-        f"batch {s['batch']} x {s['seq_len']} tokens, reference m = {s['ref_len']}, "
+        f"batch {s['batch']} x {s['seq_len']} tokens"
+        + (f" (up to {100 * s['padding']:.0f}% padding per row)" if s.get("padding") else "")
+        + f", reference m = {s['ref_len']}, "
         f"{s['warmup']} warm-up + {s['repeats']} timed rounds ({s.get('timer', 'wall')} clock); generation {s['gen_tokens']} tokens x "
         f"{s['gen_repeats']} rounds (batch {s['gen_batch']}, prompt {s['gen_prompt_len']})"),
         "",

@@ -528,6 +528,8 @@ def bench(
     heads: str = typer.Option("residual,concat", help="CrAWD variants against vanilla: residual, concat, self"),
     batch: int = typer.Option(8, help="training batch size"),
     seq_len: int = typer.Option(128, "--seq-len", help="training sequence length"),
+    padding: float = typer.Option(0.0, help="share of a training row that may be padding (right-padded rows of "
+                                            "random lengths, as collated texts); 0: every token valid"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... (default: cuda when available)"),
     dtype: Optional[str] = typer.Option(None, help="float32, bfloat16, float16 (default: per device)"),
     threads: int = typer.Option(2, help="torch CPU threads"),
@@ -536,13 +538,18 @@ def bench(
     memory: bool = typer.Option(True, "--memory/--no-memory", help="peak memory, one fresh process per variant"),
     json_path: Optional[Path] = typer.Option(None, "--json", help="also write the figures as JSON"),
     quick: bool = typer.Option(False, help="fewer repeats (a smoke run)"),
+    repeats: Optional[int] = typer.Option(None, help="timed training rounds (default 5; 3 with --quick)"),
+    gen_tokens: int = typer.Option(64, "--gen-tokens", help="new tokens per generation run; 0 skips generation"),
 ) -> None:
     """Overhead of CrAWD against plain LoRA fine-tuning: step time, memory, generation, parameters."""
     from crawd.bench import format_bench, run_bench
 
+    if repeats is not None and repeats < 1:
+        raise ValueError(f"--repeats must be at least 1, got {repeats}")
     result = run_bench(model=model, random_config=random_config, heads=[h.strip() for h in heads.split(",")],
-                       batch=batch, seq_len=seq_len, device=device, dtype=dtype, threads=threads, timer=timer,
-                       memory=memory, **({"repeats": 3} if quick else {}))
+                       batch=batch, seq_len=seq_len, padding=padding, device=device, dtype=dtype, threads=threads,
+                       timer=timer,
+                       memory=memory, repeats=repeats or (3 if quick else 5), gen_tokens=gen_tokens)
     console.print(format_bench(result))
     if json_path:
         json_path.write_text(json.dumps(result, indent=2, default=str))

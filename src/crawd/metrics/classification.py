@@ -26,7 +26,7 @@ from fairlearn.metrics import MetricFrame, false_negative_rate, false_positive_r
 from sklearn.metrics import accuracy_score
 from tqdm.auto import tqdm
 
-from crawd.metrics.loglik import model_device
+from crawd.metrics.loglik import length_batches, model_device
 from crawd.metrics.registry import register_benchmark
 from crawd.metrics.stats import estimate
 
@@ -121,27 +121,33 @@ def _none_if_nan(value: float) -> float | None:
     return None if np.isnan(value) else float(value)
 
 
-def predict_labels(model, tokenizer, texts: Sequence[str], batch_size: int = 32,
+def predict_labels(model, tokenizer, texts: Sequence[str], batch_size: int | None = None,
                    max_length: int = 128, progress: bool = False) -> np.ndarray:
-    """Argmax of a sequence classifier's ``.logits`` for each text."""
+    """Argmax of a sequence classifier's ``.logits`` for each text.
+
+    Texts are batched by character length (:func:`crawd.metrics.loglik.length_batches`; None:
+    32 per batch on a CPU, by tokens on a GPU, counting ``max_length`` tokens per text at most).
+    """
     if tokenizer.pad_token_id is None:
         raise ValueError("tokenizer has no pad token; set tokenizer.pad_token = tokenizer.eos_token")
     device = model_device(model)
-    preds = []
+    preds = np.zeros(len(texts), dtype=int)
+    lengths = [min(len(t), max_length) for t in texts]
     with torch.inference_mode():
-        for i in tqdm(range(0, len(texts), batch_size), desc="classifying", disable=not progress):
-            enc = tokenizer(list(texts[i:i + batch_size]), padding=True, truncation=True,
+        for batch in tqdm(length_batches(lengths, batch_size, model, default=32), desc="classifying",
+                          disable=not progress):
+            enc = tokenizer([texts[j] for j in batch], padding=True, truncation=True,
                             max_length=max_length, return_tensors="pt")
             logits = model(input_ids=enc["input_ids"].to(device),
                            attention_mask=enc["attention_mask"].to(device)).logits
-            preds.append(logits.argmax(dim=-1).cpu().numpy())
-    return np.concatenate(preds) if preds else np.array([], dtype=int)
+            preds[batch] = logits.argmax(dim=-1).cpu().numpy()
+    return preds
 
 
 @register_benchmark("tpr_gap", kinds=("classifier",), requires_options=("texts", "labels", "groups"))
 def tpr_gap(model, tokenizer, data_dir: str | Path | None, texts: Sequence[str], labels: Sequence,
             groups: Sequence, label_names: Sequence | None = None, gap_groups: tuple | None = None,
-            batch_size: int = 32, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+            batch_size: int | None = None, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Classify option ``texts`` and compare to ``labels`` (class ids) by ``groups``.
 
     ``label_names`` (optional) lists the class ids to report.

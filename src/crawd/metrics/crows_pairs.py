@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from crawd.metrics._data import data_file
-from crawd.metrics.loglik import encode, model_device, sequence_logprobs
+from crawd.metrics.loglik import encode, length_batches, model_device, sequence_logprobs
 from crawd.metrics.registry import register_benchmark
 from crawd.metrics.stats import estimate
 
@@ -56,8 +56,10 @@ def load_crows_pairs(data_dir: str | Path | None, max_pairs: int | None = None,
 
 
 def pseudo_loglikelihoods(model, tokenizer, sent_a: list[str], sent_b: list[str],
-                          batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """Nangia et al. PLL of the tokens shared by each pair (masked LM, one mask at a time)."""
+                          batch_size: int | None = None, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Nangia et al. PLL of the tokens shared by each pair (masked LM, one mask at a time).
+
+    ``batch_size``: masked copies per forward pass (None: 32 on a CPU, by tokens on a GPU)."""
     if tokenizer.mask_token_id is None:
         raise ValueError("pseudo-log-likelihood needs a masked LM tokenizer with a mask token")
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
@@ -74,9 +76,9 @@ def pseudo_loglikelihoods(model, tokenizer, sent_a: list[str], sent_b: list[str]
     scores = np.zeros(2 * len(sent_a))
     device = model_device(model)
     with torch.inference_mode():
-        for i in tqdm(range(0, len(jobs), batch_size), desc="pseudo-log-likelihood",
-                      disable=not progress):
-            chunk = jobs[i:i + batch_size]
+        for batch in tqdm(length_batches([len(full) for _, full, _ in jobs], batch_size, model, default=32),
+                          desc="pseudo-log-likelihood", disable=not progress):
+            chunk = [jobs[j] for j in batch]
             width = max(len(full) for _, full, _ in chunk)
             ids = torch.full((len(chunk), width), tokenizer.pad_token_id or 0, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -100,7 +102,7 @@ def _pct(more_wins: np.ndarray) -> float:
 
 @register_benchmark("crows_pairs", kinds=("decoder", "encoder"), requires_data=("crows_pairs",))
 def crows_pairs(model, tokenizer, data_dir: str | Path | None, kind: str = "decoder",
-                batch_size: int = 16, max_pairs: int | None = None, seed: int = 0,
+                batch_size: int | None = None, max_pairs: int | None = None, seed: int = 0,
                 n_boot: int = 1000, progress: bool = True, bias_types: Sequence[str] | None = None) -> dict:
     """CrowS-Pairs ``pct_stereotype`` (ideal 50), overall and per bias type.
 
@@ -119,7 +121,8 @@ def crows_pairs(model, tokenizer, data_dir: str | Path | None, kind: str = "deco
         scoring = "total log-likelihood given the start token"
     elif kind == "encoder":
         ll_more, ll_less = pseudo_loglikelihoods(model, tokenizer, more, less,
-                                                 batch_size=2 * batch_size, progress=progress)
+                                                 batch_size=None if batch_size is None else 2 * batch_size,
+                                                 progress=progress)
         scoring = "pseudo-log-likelihood of shared tokens (Nangia et al. 2020)"
     else:
         raise ValueError(f"kind must be 'decoder' or 'encoder', got {kind!r}")

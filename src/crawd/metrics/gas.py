@@ -58,7 +58,7 @@ def gas_score(generations: Sequence[str], n_boot: int = 1000, seed: int = 0) -> 
 @register_benchmark("gas", kinds=("decoder",))
 def gas(model, tokenizer, data_dir: str | Path | None = None,
         occupations: Sequence[str] = BIAS_IN_BIOS_OCCUPATIONS,
-        templates: Sequence[str] = GAS_TEMPLATES, max_new_tokens: int = 20, batch_size: int = 16,
+        templates: Sequence[str] = GAS_TEMPLATES, max_new_tokens: int = 20, batch_size: int | None = None,
         n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """GAS over occupation prompts; ``data_dir`` is unused.
 
@@ -92,7 +92,7 @@ def load_bold(data_dir: str | Path | None, domains: Sequence[str] = BOLD_DOMAINS
 
 @register_benchmark("bold_gas", kinds=("decoder",), requires_data=("bold",))
 def bold_gas(model, tokenizer, data_dir: str | Path | None, domains: Sequence[str] = BOLD_DOMAINS,
-             max_prompts: int | None = 200, max_new_tokens: int = 20, batch_size: int = 16,
+             max_prompts: int | None = 200, max_new_tokens: int = 20, batch_size: int | None = None,
              n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """GAS on BOLD prompts, overall and per ``domain/group``.
 

@@ -10,7 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from crawd.metrics._data import data_file
-from crawd.metrics.loglik import encode, model_device, start_token_id
+from crawd.metrics.loglik import encode, length_batches, model_device, start_token_id
 
 # The 28 Bias in Bios occupations (De-Arteaga et al. 2019), as readable phrases.
 BIAS_IN_BIOS_OCCUPATIONS: tuple[str, ...] = (
@@ -29,20 +29,22 @@ def occupation_stats(data_dir: str | Path | None) -> dict[str, float]:
 
 
 def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 20,
-                           batch_size: int = 16, progress: bool = False) -> list[str]:
+                           batch_size: int | None = None, progress: bool = False) -> list[str]:
     """Greedy continuations of ``prompts``, decoded without the prompt.
 
     Each prompt is [start token] + its ids, left-padded by hand (the tokenizer
     is not modified); only the new tokens are decoded, special tokens skipped.
+    ``batch_size``: see :func:`crawd.metrics.loglik.length_batches` (None: 16 on a CPU).
     """
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else start_token_id(tokenizer)
     start = start_token_id(tokenizer)
     encoded = [[start] + encode(tokenizer, p) for p in prompts]
     device = model_device(model)
-    outputs: list[str] = []
+    outputs: list[str] = [""] * len(encoded)
+    batches = length_batches([len(s) for s in encoded], batch_size, model, default=16, extra_tokens=max_new_tokens)
     with torch.inference_mode():
-        for i in tqdm(range(0, len(encoded), batch_size), desc="generating", disable=not progress):
-            chunk = encoded[i:i + batch_size]
+        for batch in tqdm(batches, desc="generating", disable=not progress):
+            chunk = [encoded[j] for j in batch]
             width = max(map(len, chunk))
             ids = torch.full((len(chunk), width), pad, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -51,5 +53,6 @@ def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tok
                 mask[row, width - len(seq):] = 1
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad)
-            outputs.extend(tokenizer.decode(row[width:], skip_special_tokens=True) for row in out)
+            for j, row in zip(batch, out):
+                outputs[j] = tokenizer.decode(row[width:], skip_special_tokens=True)
     return outputs

@@ -22,7 +22,7 @@ def _ppl(nll: np.ndarray, count: np.ndarray) -> float:
     return float(np.exp(nll.sum() / count.sum()))
 
 
-def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 16, n_boot: int = 1000,
+def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int | None = None, n_boot: int = 1000,
                seed: int = 0, progress: bool = False) -> Estimate:
     """Corpus perplexity of ``texts`` with a bootstrap interval over texts."""
     texts = [t for t in texts if t.strip()]
@@ -33,7 +33,7 @@ def perplexity(model, tokenizer, texts: Sequence[str], batch_size: int = 16, n_b
 
 
 @register_benchmark("ppl", kinds=("decoder",), requires_options=("texts",))
-def ppl(model, tokenizer, data_dir: str | Path | None, texts: Sequence[str], batch_size: int = 16,
+def ppl(model, tokenizer, data_dir: str | Path | None, texts: Sequence[str], batch_size: int | None = None,
         n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Benchmark wrapper: ``{"perplexity": Estimate}`` on option ``texts``."""
     result = perplexity(model, tokenizer, texts, batch_size, n_boot, seed, progress)

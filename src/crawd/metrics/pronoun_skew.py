@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crawd.metrics.loglik import encode, model_device, start_token_id
+from crawd.metrics.loglik import encode, length_batches, model_device, start_token_id
 from crawd.metrics.occupations import BIAS_IN_BIOS_OCCUPATIONS, occupation_stats
 from crawd.metrics.registry import register_benchmark
 from crawd.metrics.stats import estimate
@@ -67,16 +67,19 @@ def pronoun_token_ids(tokenizer) -> tuple[list[int], list[int], list[str]]:
 
 
 def next_token_masses(model, tokenizer, prompts: Sequence[str], female_ids: list[int],
-                      male_ids: list[int], batch_size: int = 16,
+                      male_ids: list[int], batch_size: int | None = None,
                       progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(P_f, P_m) per prompt: next-token probability mass after [start] + prompt."""
+    """(P_f, P_m) per prompt: next-token probability mass after [start] + prompt.
+
+    ``batch_size``: see :func:`crawd.metrics.loglik.length_batches` (None: 16 on a CPU)."""
     start = start_token_id(tokenizer)
     encoded = [[start] + encode(tokenizer, p) for p in prompts]
     device = model_device(model)
     p_f, p_m = np.zeros(len(prompts)), np.zeros(len(prompts))
     with torch.inference_mode():
-        for i in tqdm(range(0, len(encoded), batch_size), desc="pronoun skew", disable=not progress):
-            chunk = encoded[i:i + batch_size]
+        for batch in tqdm(length_batches([len(s) for s in encoded], batch_size, model, default=16),
+                          desc="pronoun skew", disable=not progress):
+            chunk = [encoded[j] for j in batch]
             width = max(map(len, chunk))
             ids = torch.zeros(len(chunk), width, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -86,8 +89,8 @@ def next_token_masses(model, tokenizer, prompts: Sequence[str], female_ids: list
             logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
             last = torch.tensor([len(s) - 1 for s in chunk], device=logits.device)
             probs = torch.softmax(logits[torch.arange(len(chunk)), last].float(), dim=-1).cpu()
-            p_f[i:i + len(chunk)] = probs[:, female_ids].sum(dim=1).double().numpy()
-            p_m[i:i + len(chunk)] = probs[:, male_ids].sum(dim=1).double().numpy()
+            p_f[batch] = probs[:, female_ids].sum(dim=1).double().numpy()
+            p_m[batch] = probs[:, male_ids].sum(dim=1).double().numpy()
     return p_f, p_m
 
 
@@ -100,7 +103,7 @@ def _pearson(x: np.ndarray, y: np.ndarray) -> float:
 @register_benchmark("pronoun_skew", kinds=("decoder",))
 def pronoun_skew(model, tokenizer, data_dir: str | Path | None = None,
                  occupations: Sequence[str] | None = None,
-                 templates: Sequence[str] = SKEW_TEMPLATES, batch_size: int = 16,
+                 templates: Sequence[str] = SKEW_TEMPLATES, batch_size: int | None = None,
                  n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Pronoun skew of next-token predictions after occupation prompts (see module doc).
 

@@ -77,7 +77,7 @@ def stereoset_scores(wins: tuple[np.ndarray, np.ndarray, np.ndarray], n_boot: in
             for name, fn in (("lms", _lms), ("ss", _ss), ("icat", _icat))}
 
 
-def _score_split(model, tokenizer, frame: pd.DataFrame, split: str, batch_size: int,
+def _score_split(model, tokenizer, frame: pd.DataFrame, split: str, batch_size: int | None,
                  progress: bool) -> np.ndarray:
     """(examples, 3) candidate scores in choice order."""
     if split == "intrasentence":
@@ -95,7 +95,7 @@ def _score_split(model, tokenizer, frame: pd.DataFrame, split: str, batch_size: 
 
 
 @register_benchmark("stereoset", kinds=("decoder",), requires_data=("stereoset",))
-def stereoset(model, tokenizer, data_dir: str | Path | None, batch_size: int = 16,
+def stereoset(model, tokenizer, data_dir: str | Path | None, batch_size: int | None = None,
               splits: tuple[str, ...] = ("intrasentence", "intersentence"),
               max_examples: int | None = None, seed: int = 0, n_boot: int = 1000,
               progress: bool = True, bias_types: Sequence[str] | None = None) -> dict:

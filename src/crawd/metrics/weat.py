@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from crawd.metrics.loglik import encode, model_device, start_token_id
+from crawd.metrics.loglik import encode, length_batches, model_device, start_token_id
 from crawd.metrics.registry import register_benchmark
 
 # test id -> (X, Y, A, B, description); Caliskan et al. 2017, WEAT 6-8.
@@ -74,8 +74,10 @@ def representation(model, input_ids: torch.Tensor, attention_mask: torch.Tensor)
 
 
 def word_vectors(model, tokenizer, words: list[str], kind: str = "decoder", template: str = TEMPLATE,
-                 batch_size: int = 32) -> np.ndarray:
-    """(len(words), D) vectors: mean final representation over each word's tokens in ``template``."""
+                 batch_size: int | None = None) -> np.ndarray:
+    """(len(words), D) vectors: mean final representation over each word's tokens in ``template``.
+
+    ``batch_size``: see :func:`crawd.metrics.loglik.length_batches` (None: 32 on a CPU)."""
     prefix, suffix = template.split("{word}")
     pre = encode(tokenizer, prefix.rstrip()) if prefix.strip() else []
     post = encode(tokenizer, suffix) if suffix else []
@@ -92,10 +94,10 @@ def word_vectors(model, tokenizer, words: list[str], kind: str = "decoder", temp
         start = len(head) + len(pre)
         items.append((head + pre + ids + post + tail, start, start + len(ids)))
     device = model_device(model)
-    vectors = []
+    vectors: list[torch.Tensor] = [torch.empty(0)] * len(items)
     with torch.inference_mode():
-        for i in range(0, len(items), batch_size):
-            chunk = items[i:i + batch_size]
+        for batch in length_batches([len(ids) for ids, _, _ in items], batch_size, model, default=32):
+            chunk = [items[j] for j in batch]
             width = max(len(ids) for ids, _, _ in chunk)
             ids = torch.zeros(len(chunk), width, dtype=torch.long)
             mask = torch.zeros_like(ids)
@@ -103,7 +105,8 @@ def word_vectors(model, tokenizer, words: list[str], kind: str = "decoder", temp
                 ids[row, :len(seq)] = torch.tensor(seq)
                 mask[row, :len(seq)] = 1
             hidden = representation(model, ids.to(device), mask.to(device)).float().cpu()
-            vectors.extend(hidden[row, a:b].mean(dim=0) for row, (_, a, b) in enumerate(chunk))
+            for row, (j, (_, a, b)) in enumerate(zip(batch, chunk)):
+                vectors[j] = hidden[row, a:b].mean(dim=0)
     return torch.stack(vectors).numpy()
 
 
@@ -138,7 +141,7 @@ def weat_p_value(X: np.ndarray, Y: np.ndarray, A: np.ndarray, B: np.ndarray, n_p
 
 @register_benchmark("weat", kinds=("decoder", "encoder", "classifier"))
 def weat(model, tokenizer, data_dir: str | Path | None = None, kind: str = "decoder",
-         tests: tuple[int, ...] = (6, 7, 8), template: str = TEMPLATE, batch_size: int = 32,
+         tests: tuple[int, ...] = (6, 7, 8), template: str = TEMPLATE, batch_size: int | None = None,
          n_perm: int = 10000, seed: int = 0, progress: bool = True) -> dict:
     """WEAT effect sizes and p-values for ``tests``; ``data_dir`` is unused.
 
