@@ -86,8 +86,7 @@ class AdaptedModel(nn.Module):
             vocab = self.hf.get_output_embeddings().out_features if self.task == "lm" else 0
             swaps, names = gender_lexicon(wordlist_dir(self.config))
             self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config.counterfactual,
-                                             self.config.equalize, self.config.equalize_positions,
-                                             self.config.counterfactual_names)
+                                             self.config.equalize, self.config.equalize_positions)
 
     # ---- the pieces of the base model -------------------------------------------------
     @property

@@ -31,8 +31,10 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "max_steps": 60, "seed": 0, "batch_size": 8, "learning_rate": 2e-4, "seq_len": 32, "save_steps": 20,
     "data_dir": None, "trust_remote_code": False, "test_data": None, "dropout": 0.1, "lora_dropout": 0.1,
     "bf16": False, "qlora": False, "text_column": None, "label_column": None, "sensitive_column": None,
-    "long_docs": "chunk",
+    "long_docs": "chunk", "preset": None,
 }
+#: train settings that are CrawdConfig fields (a --preset gives the others)
+CONFIG_KEYS = ("sensitive_words", "groups", "top_k", "decay", "head", "mode", "dropout", "lora_dropout")
 PATH_KEYS = ("config", "model", "data", "test_data", "data_dir", "out")
 
 
@@ -87,21 +89,28 @@ def read_yaml(path: str | Path, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
-def merged(flags: dict[str, Any], config: Optional[Path], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Defaults, then the YAML file, then the flags given on the command line."""
-    values = dict(defaults)
+def merged(flags: dict[str, Any], config: Optional[Path], defaults: dict[str, Any],
+           keep_defaults: bool = True) -> dict[str, Any]:
+    """Defaults, then the YAML file, then the flags given on the command line (only the last two
+    with ``keep_defaults=False``)."""
+    values = dict(defaults) if keep_defaults else {}
     if config is not None:
         values.update(read_yaml(config, set(defaults)))
     values.update({k: v for k, v in flags.items() if v is not None})
     return values
 
 
-def crawd_config(values: dict[str, Any]):
+def crawd_config(values: dict[str, Any], given: dict[str, Any] | None = None):
+    """The CrawdConfig of ``values``; with a preset, its settings, then only the fields the user gave."""
     from crawd.config import CrawdConfig
 
-    return CrawdConfig(sensitive_words=values["sensitive_words"], groups=values.get("groups") or (),
-                       top_k=values["top_k"], decay=values["decay"], head=values["head"], mode=values["mode"],
-                       dropout=values.get("dropout", 0.1), lora_dropout=values.get("lora_dropout", 0.1))
+    fields = {key: values[key] for key in CONFIG_KEYS if key in values}
+    fields["groups"] = fields.get("groups") or ()
+    if not values.get("preset"):
+        return CrawdConfig(**fields)
+    given = given or {}
+    return CrawdConfig.preset(values["preset"], values.get("task", "lm"),
+                              **{key: fields[key] for key in CONFIG_KEYS if given.get(key) is not None})
 
 
 def train_settings(values: dict[str, Any], progress: bool = True):
@@ -168,6 +177,9 @@ def train(
     long_docs: Optional[str] = typer.Option(
         None, "--long-docs", help="--task lm, documents longer than --seq-len: chunk (default: windows overlapping "
         "by one token, nothing dropped), pack (concatenated, then cut) or truncate"),
+    preset: Optional[str] = typer.Option(
+        None, help="named CrAWD settings: debias (the mitigation chosen on validation data, see docs/method.md) "
+        "or paper (the faithful defaults); flags given as well override it"),
     config: Optional[Path] = typer.Option(None, help="YAML file with the same keys as these flags"),
 ) -> None:
     """Fine-tune one model with one method; resumes from the newest checkpoint in --out.
@@ -211,7 +223,8 @@ def train(
     from crawd.models import load_model, record_name
     from crawd.train import check_run_folder, run_identity
 
-    values = merged({k: v for k, v in locals().items() if k != "config"}, config, TRAIN_DEFAULTS)
+    flags = {k: v for k, v in locals().items() if k != "config"}
+    values, given = merged(flags, config, TRAIN_DEFAULTS), merged(flags, config, TRAIN_DEFAULTS, keep_defaults=False)
     given_model = values["model"]
     if values["out"] is None:
         raise ValueError("--out is required (the folder for checkpoints and the adapter)")
@@ -221,7 +234,7 @@ def train(
     if not chosen.trains:
         raise ValueError(f"method {values['method']!r} trains nothing; use `crawd eval` for the base model")
     check_cuda_options(values)
-    cfg = crawd_config(values)
+    cfg = crawd_config(values, given)
     settings = train_settings(values)
     values = report_paths(values, config)
     check_run_folder(values["out"], run_identity(values["method"], cfg))
@@ -270,8 +283,8 @@ def demo(
     seed: int = typer.Option(0),
     n_train: int = typer.Option(1200, "--n-train", help="synthetic training bios"),
 ) -> None:
-    """The main job, offline: synthetic biased bios, SmolLM2-135M, base vs vanilla vs CrAWD."""
-    from crawd.config import CrawdConfig
+    """The main job, offline: synthetic biased bios, SmolLM2-135M, base vs vanilla vs CrAWD (paper) vs CrAWD debias."""
+    from crawd.config import PRESETS, CrawdConfig
     from crawd.data import synthetic_bios
     from crawd.experiment import RunSpec, run_experiment
     from crawd.report import print_results, write_report
@@ -281,17 +294,19 @@ def demo(
     data = synthetic_bios(n_train=n_train, n_test=280, seed=seed, data_dir=data_dir)
     settings = TrainSettings(max_steps=max_steps, batch_size=8, learning_rate=2e-4, seq_len=48, save_steps=20,
                              logging_steps=10)
-    runs = [RunSpec("base", seed), RunSpec("vanilla", seed), RunSpec("crawd", seed)]
+    runs = [RunSpec("base", seed), RunSpec("vanilla", seed), RunSpec("crawd", seed),
+            RunSpec("crawd", seed, PRESETS["debias"]["lm"], label="crawd-debias")]
     results = run_experiment("smollm2-135m", "lm", data, runs, out, CrawdConfig(), settings,
                              ["gas", "ppl", "pronoun_skew"], data_dir=data_dir, console=console)
     results["wall_seconds"] = time.perf_counter() - start
     notes = (f"Model: SmolLM2-135M-Instruct (embedded). Data: {n_train} synthetic bios, training share of women per "
              f"occupation from real statistics; test split gender-balanced. Budget: {max_steps} LoRA steps, batch 8, "
              f"{settings.seq_len} tokens, lr {settings.learning_rate}. CrAWD: paper defaults (top_k 0.4, decay 0.2, "
-             "reference 'he she', concat head). GAS: share of greedy continuations of occupation prompts with any of "
+             "reference 'he she', concat head); crawd-debias: the debias preset (docs/method.md). GAS: share of greedy continuations of occupation prompts with any of "
              "the paper's 28 gendered words (lower is better); pronoun_skew: mean |P(she)/(P(she)+P(he)) - 0.5| "
              "after occupation prompts (0 is ideal); ppl: perplexity on held-out bios.")
-    paths = write_report(results, out, "crawd demo: base vs vanilla vs CrAWD", tradeoff=("gas", "ppl"), notes=notes)
+    paths = write_report(results, out, "crawd demo: base vs vanilla vs CrAWD", tradeoff=("pronoun_skew", "ppl"),
+                         notes=notes)
     print_results(results, "crawd demo (SmolLM2-135M, synthetic bios)", console)
     console.print(f"report: {', '.join(str(p) for p in paths)}  ({results['wall_seconds'] / 60:.1f} min)")
 
@@ -301,13 +316,20 @@ COMPARE_KEYS = {"name", "model", "task", "data", "data_options", "data_dir", "be
                 "settings", "quick", "crawd", "methods", "tradeoff", "notes"}
 
 
-def expand_methods(entries: list[Any]) -> list[dict[str, Any]]:
-    """Method entries: a name, or {method, label, overrides}, or {method, grid: {field: [values]}}."""
+def expand_methods(entries: list[Any], task: str = "lm") -> list[dict[str, Any]]:
+    """Method entries: a name, or {method, label, preset, overrides}, or {method, grid: {field: [values]}};
+    a preset's settings (for ``task``) come before the entry's overrides."""
     import itertools
+
+    from crawd.config import CrawdConfig, PRESETS
 
     out = []
     for entry in entries:
         entry = {"method": entry} if isinstance(entry, str) else dict(entry)
+        if "preset" in entry:
+            name = entry.pop("preset")
+            CrawdConfig.preset(name, task)  # an unknown name or task fails here, before any run
+            entry["overrides"] = {**PRESETS[name][task], **entry.get("overrides", {})}
         grid = entry.pop("grid", None)
         if not grid:
             out.append(entry)
@@ -354,7 +376,7 @@ def compare(
         except ValueError:
             raise ValueError(f"--seeds takes comma-separated integers, got {only_seeds!r}") from None
     settings = TrainSettings(**settings_values)
-    methods = expand_methods(spec.get("methods", ["vanilla", "crawd"]))
+    methods = expand_methods(spec.get("methods", ["vanilla", "crawd"]), spec.get("task", "lm"))
     for entry in methods:
         get_method(entry["method"])
     data_dir = resolve_data_dir(data_dir or spec.get("data_dir"))

@@ -17,7 +17,17 @@ HEADS = ("concat", "residual")
 SCOPES = ("example", "row")
 MODES = ("cross", "self")
 EQUALIZE_POSITIONS = ("neutral", "all")
-TWIN_NAMES = ("swap", "neutral")
+
+
+#: Named settings, one per task, that ``CrawdConfig.preset(name, task)`` and ``--preset NAME`` give
+#: on top of the defaults. ``debias``: the mitigation chosen on validation data (docs/method.md).
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {"lm": {}, "classification": {}},
+    "debias": {
+        "lm": {"mode": "self", "erase": True, "equalize": 0.3, "equalize_positions": "all"},
+        "classification": {"mode": "self", "erase": True},
+    },
+}
 
 
 @dataclass
@@ -56,9 +66,6 @@ class CrawdConfig:
         counterfactual: weight of the counterfactual consistency loss (0: off): each training
             row gets a gender-swapped twin in the same batch, and the two rows' predictions
             must agree up to the swap (symmetric KL; :mod:`crawd.counterfactual`).
-        counterfactual_names: first names in a row and its twin: ``"swap"`` (the twin gets the
-            other gender's name) or ``"neutral"`` (both get the same gender-neutral name, so the
-            pair shares its prefix up to the first gendered word).
         equalize: weight of the equalizing loss of Qian et al. (2019) (0: off): |log P(she) -
             log P(he)| and the like for every pair of gendered words.
         equalize_positions: ``"neutral"`` (positions whose prefix holds no gendered word) or
@@ -89,7 +96,6 @@ class CrawdConfig:
     lora_dropout: float = 0.1
     lora_target_modules: tuple[str, ...] | None = None
     counterfactual: float = 0.0
-    counterfactual_names: str = "swap"
     equalize: float = 0.0
     equalize_positions: str = "neutral"
     erase: bool = False
@@ -122,7 +128,6 @@ class CrawdConfig:
         _check_choice("topk_scope", self.topk_scope, SCOPES)
         _check_choice("mode", self.mode, MODES)
         _check_choice("equalize_positions", self.equalize_positions, EQUALIZE_POSITIONS)
-        _check_choice("counterfactual_names", self.counterfactual_names, TWIN_NAMES)
         for name in ("counterfactual", "equalize"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
@@ -145,6 +150,19 @@ class CrawdConfig:
         for group in self.groups:
             out += [w for w in GROUPS[group] if w not in out]
         return tuple(out)
+
+    @classmethod
+    def preset(cls, name: str, task: str = "lm", **overrides: Any) -> "CrawdConfig":
+        """The named settings for ``task`` (``"lm"`` or ``"classification"``), then ``overrides``.
+
+        ``"paper"`` is the faithful method (the defaults); ``"debias"`` the mitigation that
+        lowered bias on validation data (see docs/method.md for what it is and why).
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        if task not in PRESETS[name]:
+            raise ValueError(f"task must be one of {', '.join(PRESETS[name])}, got {task!r}")
+        return cls(**{**PRESETS[name][task], **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}

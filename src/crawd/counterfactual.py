@@ -35,8 +35,6 @@ to class. Only single-token spellings (word, " word", capitalised) take part.
 from __future__ import annotations
 
 import difflib
-import re
-import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -45,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from crawd.lexicon import _WORD, swap_text
+from crawd.lexicon import swap_text
 
 #: Pronouns whose swap depends on context (see :func:`crawd.lexicon.swap_text`), as word pairs.
 PRONOUN_PAIRS = (("his", "her"), ("him", "her"), ("his", "hers"))
@@ -68,24 +66,6 @@ def align(original: list[int], twin: list[int]) -> tuple[list[int], int]:
     return source, prefix
 
 
-#: Gender-neutral first names (``counterfactual_names="neutral"``).
-NEUTRAL_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Casey", "Morgan", "Riley", "Jamie", "Avery", "Quinn",
-                 "Robin", "Charlie", "Drew", "Jesse", "Cameron", "Skyler")
-
-
-def neutral_names(text: str, names: dict[str, str]) -> str:
-    """``text`` with every listed first name replaced by a gender-neutral one (the same one for a
-    name wherever it occurs, and for its counterpart)."""
-    def replace(match: re.Match) -> str:
-        word = match.group(0)
-        if word not in names:
-            return word
-        pair = min(word, names[word])
-        return NEUTRAL_NAMES[zlib.crc32(pair.encode()) % len(NEUTRAL_NAMES)]
-
-    return _WORD.sub(replace, text)
-
-
 def carried(mask: list[bool], source: list[int]) -> list[bool]:
     """A row's per-token flags carried over to a rewritten row through ``source`` (see :func:`align`);
     a token without a source takes the flag of the next token that has one (the end of its word)."""
@@ -102,22 +82,19 @@ class TwinCollator:
     Adds ``twin_input_ids``, ``twin_attention_mask``, ``twin_labels`` (causal LMs: the twin's
     ids where the original target was supervised, else -100; classifiers: the row's label),
     ``twin_source`` (aligned row position per twin position, -1 none) and ``neutral`` (B, n)
-    bool: row positions whose whole prefix the swap leaves unchanged. With
-    ``names="neutral"`` the row itself is first rewritten with gender-neutral first names
-    (and so is its twin): the pair then shares its prefix up to the first gendered word, where
-    the occupation alone would have to choose the pronoun.
+    bool: row positions whose whole prefix the swap leaves unchanged.
     """
 
     def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
                  tokenizer: PreTrainedTokenizerBase, swaps: dict[str, str], names: dict[str, str],
-                 task: str, name_mode: str = "swap") -> None:
+                 task: str) -> None:
         self.collate, self.tokenizer, self.swaps, self.names, self.task = collate, tokenizer, swaps, names, task
-        self.name_mode = name_mode
 
-    def rewrite(self, ids: list[int], edit: Callable[[str], str]) -> list[int]:
+    def twin_ids(self, ids: list[int]) -> list[int]:
+        """The ids of the text of ``ids`` with its gendered words and first names swapped."""
         text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-        edited = edit(text)
-        return ids if edited == text else self.tokenizer(edited, add_special_tokens=False)["input_ids"]
+        swapped = swap_text(text, self.swaps, self.names)
+        return ids if swapped == text else self.tokenizer(swapped, add_special_tokens=False)["input_ids"]
 
     def padded(self, rows: list[list[int]], value: int) -> torch.Tensor:
         out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
@@ -129,29 +106,15 @@ class TwinCollator:
         batch = self.collate(features)
         lm = self.task == "lm"
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        originals, twins, sources, prefixes, own_labels, twin_labels = [], [], [], [], [], []
+        twins, sources, prefixes, twin_labels = [], [], [], []
         for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"].bool(), batch["labels"]):
-            original = ids[mask].tolist()
+            own = ids[mask].tolist()
             supervised = (labels[mask] != -100).tolist() if lm else []
-            if self.name_mode == "neutral":
-                own = self.rewrite(original, lambda text: neutral_names(text, self.names))
-                kept = align(original, own)[0]
-                if lm:  # the neutral names themselves are not targets: their frequency is not the data's
-                    supervised = [flag and s >= 0 and own[j] == original[s]
-                                  for j, (flag, s) in enumerate(zip(carried(supervised, kept), kept))]
-            else:
-                own = original
-            twin = self.rewrite(own, lambda text: swap_text(text, self.swaps, self.names))
+            twin = self.twin_ids(own)
             source, prefix = align(own, twin)
-            originals.append(own), twins.append(twin), sources.append(source), prefixes.append(prefix)
+            twins.append(twin), sources.append(source), prefixes.append(prefix)
             if lm:
-                own_labels.append([t if s else -100 for t, s in zip(own, supervised)])
                 twin_labels.append([t if s else -100 for t, s in zip(twin, carried(supervised, source))])
-        if self.name_mode == "neutral":
-            batch["input_ids"] = self.padded(originals, pad)
-            batch["attention_mask"] = self.padded([[1] * len(r) for r in originals], 0)
-            if lm:
-                batch["labels"] = self.padded(own_labels, -100)
         batch["twin_input_ids"] = self.padded(twins, pad)
         batch["twin_attention_mask"] = self.padded([[1] * len(r) for r in twins], 0)
         batch["twin_source"] = self.padded(sources, -1)
@@ -258,9 +221,8 @@ class DebiasObjective(nn.Module):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, swaps: dict[str, str],
                  names: dict[str, str], task: str, counterfactual: float, equalize: float,
-                 equalize_positions: str, name_mode: str = "swap") -> None:
+                 equalize_positions: str) -> None:
         super().__init__()
-        self.name_mode = name_mode
         self.task, self.counterfactual, self.equalize = task, counterfactual, equalize
         self.equalize_positions = equalize_positions
         self.swaps, self.names = swaps, names
@@ -281,7 +243,7 @@ class DebiasObjective(nn.Module):
     def collator(self, collate: Callable, tokenizer: PreTrainedTokenizerBase) -> Callable:
         if not self.needs_twins:
             return collate
-        return TwinCollator(collate, tokenizer, self.swaps, self.names, self.task, self.name_mode)
+        return TwinCollator(collate, tokenizer, self.swaps, self.names, self.task)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor, twin_logits: torch.Tensor | None = None,
              twin_mask: torch.Tensor | None = None, twin_source: torch.Tensor | None = None,

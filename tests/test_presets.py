@@ -1,0 +1,47 @@
+"""Presets: CrawdConfig.preset, `crawd train --preset`, compare's `preset:` key, the demo's row."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import save_tiny_model, write_csv
+
+from crawd import CrawdConfig
+from crawd.cli import expand_methods, main
+from crawd.config import PRESETS
+
+
+def test_preset_gives_its_settings_for_the_task_then_the_overrides():
+    for task in ("lm", "classification"):
+        config = CrawdConfig.preset("debias", task)
+        for key, value in PRESETS["debias"][task].items():
+            assert getattr(config, key) == value
+    assert CrawdConfig.preset("paper") == CrawdConfig()
+    assert CrawdConfig.preset("debias", decay=0.5).decay == 0.5
+    with pytest.raises(ValueError, match="unknown preset 'fair'; choose from paper, debias"):
+        CrawdConfig.preset("fair")
+    with pytest.raises(ValueError, match="task must be one of lm, classification"):
+        CrawdConfig.preset("debias", "ner")
+
+
+def test_train_cli_takes_a_preset_and_lets_given_flags_override_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save_tiny_model(Path("tiny"))
+    write_csv(Path("data.csv"))
+    main(["train", "--model", "tiny", "--data", "data.csv", "--out", "run", "--max-steps", "1", "--batch-size", "4",
+          "--seq-len", "16", "--preset", "debias", "--decay", "0.5"])
+    saved = json.loads(Path("run/adapter/crawd_config.json").read_text())["crawd"]
+    expected = CrawdConfig.preset("debias", "lm", decay=0.5).to_dict()
+    assert {k: saved[k] for k in PRESETS["debias"]["lm"]} == {k: expected[k] for k in PRESETS["debias"]["lm"]}
+    assert saved["decay"] == 0.5 and saved["top_k"] == 0.4  # given flag wins; the rest is the default
+
+
+def test_compare_entries_take_a_preset():
+    entries = expand_methods([{"method": "crawd", "label": "d", "preset": "debias", "overrides": {"decay": 0.1}}],
+                             "classification")
+    assert entries == [{"method": "crawd", "label": "d", "overrides": {**PRESETS["debias"]["classification"],
+                                                                         "decay": 0.1}}]
+    with pytest.raises(ValueError, match="unknown preset"):
+        expand_methods([{"method": "crawd", "preset": "nope"}])
