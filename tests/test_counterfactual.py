@@ -11,17 +11,15 @@ from datasets import Dataset
 
 import crawd
 from crawd import CrawdConfig
-from crawd.counterfactual import GenderedClasses, TwinCollator, align, bipartite_groups, symmetric_kl, token_pairs
+from crawd.counterfactual import DebiasCollator, GenderedClasses, align, bipartite_groups, symmetric_kl, token_pairs
 from crawd.lexicon import gender_lexicon
 from crawd.train import Collator, TrainSettings, train
 
 
 def test_alignment_of_a_swap_that_changes_the_token_count():
     # "Jennifer" (3 tokens) -> "John" (1): the twin's first token aligns with the name's last token
-    source, prefix = align([7, 8, 9, 4, 5], [1, 4, 5])
-    assert source == [2, 3, 4] and prefix == 0
-    source, prefix = align([3, 13, 17, 6, 22], [3, 13, 17, 5, 22])  # "... she works" -> "... he works"
-    assert source == [0, 1, 2, 3, 4] and prefix == 3
+    assert align([7, 8, 9, 4, 5], [1, 4, 5]) == [2, 3, 4]
+    assert align([3, 13, 17, 6, 22], [3, 13, 17, 5, 22]) == [0, 1, 2, 3, 4]  # "... she works" -> "... he works"
 
 
 def test_bipartite_groups_merge_the_ambiguous_pronouns():
@@ -55,17 +53,28 @@ def objective_model(tokenizer, **fields):
     return crawd.wrap(tiny_model("llama"), tokenizer, CrawdConfig(num_heads=4, **fields))
 
 
-def test_twin_collator_swaps_aligns_and_marks_the_neutral_prefix(tokenizer):
+def collator(tokenizer, twins=True, probes=False):
     swaps, names = gender_lexicon(None)
+    return DebiasCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm", twins, probes)
+
+
+def test_twin_collator_swaps_and_aligns(tokenizer):
     features = [dict(tokenizer(t)) for t in ("the nurse said that she works with her client", "a man is a doctor")]
-    batch = TwinCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm")(features)
+    batch = collator(tokenizer)(features)
     twin = [tokenizer.decode(row[mask.bool()]) for row, mask in zip(batch["twin_input_ids"], batch["twin_attention_mask"])]
     assert twin == ["the nurse said that he works with his client", "a woman is a doctor"]
-    assert batch["neutral"][0].tolist()[:5] == [True, True, True, True, False]
-    assert batch["neutral"][1].tolist()[:2] == [True, False]
     assert batch["twin_source"][0, :9].tolist() == list(range(9)) and batch["twin_source"][1, 5:].eq(-1).all()
     assert torch.equal(batch["twin_labels"][1, :5], batch["twin_input_ids"][1, :5])
     assert batch["twin_labels"][1, 5:].eq(-100).all()
+
+
+def test_probes_are_the_prefixes_before_the_first_gendered_word(tokenizer):
+    features = [dict(tokenizer(t)) for t in ("the nurse said that she works", "he works as a doctor")]
+    batch = collator(tokenizer, twins=False, probes=True)(features)
+    probes = [tokenizer.decode(row[mask.bool()]) for row, mask in zip(batch["probe_input_ids"],
+                                                                       batch["probe_attention_mask"])]
+    assert probes == ["the nurse said that", ""]  # a row that opens with a gendered word has no probe
+    assert "twin_input_ids" not in batch
 
 
 def test_consistency_at_a_neutral_position_is_the_kl_to_the_swapped_distribution(tokenizer):
@@ -77,7 +86,7 @@ def test_consistency_at_a_neutral_position_is_the_kl_to_the_swapped_distribution
     p = objective.classes.class_logprobs(logits[0, 0])
     q = p[objective.classes.swap]
     term = objective.loss(logits, torch.ones(1, 1), logits, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long))
-    assert term.item() == pytest.approx(symmetric_kl(p, q).item())
+    assert term.item() == pytest.approx(symmetric_kl(p, q).item())  # twin prefix = row prefix: P(he) = P(she)
     # equal he / she (and every other pair) gives no term
     flat = torch.zeros(1, 1, len(tokenizer))
     assert objective.loss(flat, torch.ones(1, 1), flat, torch.ones(1, 1), torch.zeros(1, 1, dtype=torch.long)) == 0
@@ -94,20 +103,22 @@ def test_equalizing_term_by_hand(tokenizer):
     term = objective.loss(logits, torch.ones(2, 3))
     expected = 0.5 * math.log(4.0) / (6 * len(objective.classes.word_pairs))
     assert term.item() == pytest.approx(expected, rel=1e-5)
-    # the neutral scope ignores the positions after a gendered word
+    # the neutral scope reads the probes only: the rows' positions do not count
     neutral = objective_model(tokenizer, equalize=0.5).objective
-    mask = torch.tensor([[True, False, False], [True, True, True]])
-    assert neutral.loss(logits, torch.ones(2, 3), neutral=mask).item() == 0
+    flat = torch.zeros(1, 2, len(tokenizer))
+    assert neutral.loss(logits, torch.ones(2, 3), probe_logits=flat, probe_mask=torch.ones(1, 2)).item() == 0
+    assert neutral.loss(flat, torch.ones(1, 2), probe_logits=logits, probe_mask=torch.ones(2, 3)).item() == \
+        pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("fields", [{"counterfactual": 1.0}, {"counterfactual": 1.0, "head": "residual"},
-                                    {"counterfactual": 1.0, "mode": "self"}, {"equalize": 1.0}])
+                                    {"counterfactual": 1.0, "mode": "self"}, {"equalize": 1.0},
+                                    {"equalize": 1.0, "equalize_positions": "all", "counterfactual": 1.0}])
 def test_terms_reach_the_trained_weights_and_leave_inference_alone(tokenizer, fields):
     model = objective_model(tokenizer, **fields)
     plain = objective_model(tokenizer, **{k: v for k, v in fields.items() if k in ("head", "mode")})
-    swaps, names = gender_lexicon(None)
-    collate = TwinCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm")
-    batch = collate([dict(tokenizer(t)) for t in ("she said that the nurse", "the nurse said that he")])
+    batch = model.objective.collator(Collator(tokenizer, "lm"), tokenizer)(
+        [dict(tokenizer(t)) for t in ("she said that the nurse", "the nurse said that he")])
     model.train()
     torch.manual_seed(0)
     loss = model(**batch).loss
@@ -123,9 +134,7 @@ def test_terms_reach_the_trained_weights_and_leave_inference_alone(tokenizer, fi
 
 def test_the_term_is_added_to_the_task_loss(tokenizer):
     model = objective_model(tokenizer, counterfactual=2.0).train()
-    swaps, names = gender_lexicon(None)
-    batch = TwinCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm")(
-        [dict(tokenizer("the nurse said that she works"))])
+    batch = collator(tokenizer)([dict(tokenizer("the nurse said that she works"))])
     model.config.counterfactual = model.objective.counterfactual = 0.0
     model.base.eval(), model.block.eval()  # no dropout: the two passes see the same network
     base = model(**batch).loss

@@ -30,8 +30,9 @@ from crawd.lexicon import gender_lexicon, wordlist_dir
 from crawd.models import ENCODER_MODEL_TYPES
 
 #: LoRA settings kept in a saved adapter (enough to rebuild the same adapter on load).
-#: batch keys of the counterfactual twins (:class:`crawd.counterfactual.TwinCollator`)
-TWIN_KEYS = ("twin_input_ids", "twin_attention_mask", "twin_labels", "twin_source", "neutral")
+#: batch keys of the counterfactual twins and neutral probes (:class:`crawd.counterfactual.DebiasCollator`)
+TWIN_KEYS = ("twin_input_ids", "twin_attention_mask", "twin_labels", "twin_source", "probe_input_ids",
+             "probe_attention_mask")
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora",
              "layers_to_transform", "fan_in_fan_out")
 
@@ -231,9 +232,14 @@ class AdaptedModel(nn.Module):
 
     def debiased_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                          twins: dict[str, torch.Tensor], **kwargs: Any) -> CausalLMOutputWithPast | SequenceClassifierOutput:
-        """Training forward with the counterfactual terms: rows and their twins in one backbone pass."""
+        """Training forward with the debiasing terms: rows and their twins in one backbone pass, the
+        neutral probes (if any) in a second, short one."""
         batch, length = input_ids.shape
         ids, mask, all_labels = input_ids, attention_mask, labels
+        probe_logits = probe_mask = None
+        if "probe_input_ids" in twins:
+            probe_ids, probe_mask = twins.pop("probe_input_ids"), twins.pop("probe_attention_mask")
+            probe_logits = self.head(self.encode(probe_ids, probe_mask).last_hidden_state, probe_mask)
         if twins:
             width = max(length, twins["twin_input_ids"].shape[1])
 
@@ -254,7 +260,7 @@ class AdaptedModel(nn.Module):
         if twins:
             twin_logits = logits[batch:, :twins["twin_input_ids"].shape[1]] if self.task == "lm" else logits[batch:]
         term = self.objective.loss(own, attention_mask, twin_logits, twins.get("twin_attention_mask"),
-                                   twins.get("twin_source"), twins.get("neutral"))
+                                   twins.get("twin_source"), probe_logits, probe_mask)
         return self.output(self.task_loss(logits, all_labels) + term, own, out)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:

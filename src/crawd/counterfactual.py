@@ -1,35 +1,11 @@
-"""Counterfactual twins and the two loss terms built on them (``counterfactual``, ``equalize``).
+"""Counterfactual twins, neutral probes, and the loss terms built on them (``counterfactual``, ``equalize``).
 
-Twins. :class:`TwinCollator` gives every training row a twin: its text with the gendered
-words and first names swapped (:func:`crawd.lexicon.swap_text`), tokenized again and
-aligned to the original token by token (``difflib`` matching of the two id lists: equal
-runs align one to one; a swapped word that changed its token count aligns at its last
-token, whose prediction is that of the word after it). The twins ride in the same batch
-as their originals, so one backbone pass serves both and the training step costs what
-vanilla's does at the same number of rows (``train`` halves the loader's batch size).
-
-Counterfactual consistency (weight ``CrawdConfig.counterfactual``; BiasEdit-style): at
-every aligned position, the next-token distribution of a row and that of its twin, the
-latter with its gendered tokens mapped back (he <-> she, ...), agree in symmetric KL.
-Where the prefix holds no gendered word the twin's prefix is the original one, so the
-term asks P(he | "The nurse said that") = P(she | ...): the occupation cannot pick the
-pronoun. After "Mary ... " it asks only for gender-equivariance, which the training text
-itself satisfies, so the pronoun the context calls for keeps its probability.
-Classifiers: the twins' class distributions agree (invariance).
-
-Equalizing (weight ``CrawdConfig.equalize``; Qian et al. 2019): mean over paired
-gendered words of |log P(female word) - log P(male word)| at every position
-(``equalize_positions="all"``, as in the paper) or only where the prefix holds no
-gendered word (``"neutral"``). It differs from the ``debias_tuning`` baseline, which
-penalises the total mass P_f + P_m and the absolute gap |P_f - P_m|: that pushes
-gendered words down everywhere (they are the right words after "Mary ..."), and an
-absolute gap has almost no gradient when both words are unlikely; a log-ratio per pair
-is scale-free and leaves the total free.
-
-Output classes. "her" is the twin of both "his" and "him", so the vocabulary is not
-simply permuted: tokens linked by the lexicon form bipartite groups ({her, hers} <->
-{his, him}), each side's probability is summed into one class, and the swap maps class
-to class. Only single-token spellings (word, " word", capitalised) take part.
+Twins (:class:`DebiasCollator`): each training row's text with its gendered words and first
+names swapped, tokenized again and aligned to the row token by token; they ride in the same
+batch. Probes: each row's text with gender-neutral first names, cut before its first gendered
+word, run in a short second pass. The consistency term makes a row's and its twin's next-token
+distributions agree up to the swap; the equalizing term (Qian et al. 2019) pushes the paired
+gendered words' probabilities together. docs/method.md says why each is built this way.
 """
 
 from __future__ import annotations
@@ -43,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from crawd.lexicon import swap_text
+from crawd.lexicon import first_gendered, neutral_names, swap_text
 
 #: Pronouns whose swap depends on context (see :func:`crawd.lexicon.swap_text`), as word pairs.
 PRONOUN_PAIRS = (("his", "her"), ("him", "her"), ("his", "hers"))
@@ -51,19 +27,15 @@ PRONOUN_PAIRS = (("his", "her"), ("him", "her"), ("his", "hers"))
 
 # ---- twins ------------------------------------------------------------------------------
 
-def align(original: list[int], twin: list[int]) -> tuple[list[int], int]:
-    """For each twin position, the aligned original position (-1: none); and the length of
-    the unchanged prefix (positions whose prefix is the same in both)."""
+def align(original: list[int], twin: list[int]) -> list[int]:
+    """For each twin position, the aligned original position (-1: none)."""
     source = [-1] * len(twin)
-    prefix = min(len(original), len(twin))
     for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, original, twin, autojunk=False).get_opcodes():
         if tag == "equal":
             source[j1:j2] = range(i1, i2)
-        else:
-            prefix = min(prefix, i1, j1)
-            if tag == "replace":
-                source[j2 - 1] = i2 - 1
-    return source, prefix
+        elif tag == "replace":
+            source[j2 - 1] = i2 - 1
+    return source
 
 
 def carried(mask: list[bool], source: list[int]) -> list[bool]:
@@ -76,28 +48,43 @@ def carried(mask: list[bool], source: list[int]) -> list[bool]:
     return out
 
 
-class TwinCollator:
-    """Wrap a collator: give every row of a right-padded batch its counterfactual twin.
+class DebiasCollator:
+    """Wrap a collator: add, for each row of a right-padded batch, what the loss terms need.
 
-    Adds ``twin_input_ids``, ``twin_attention_mask``, ``twin_labels`` (causal LMs: the twin's
-    ids where the original target was supervised, else -100; classifiers: the row's label),
-    ``twin_source`` (aligned row position per twin position, -1 none) and ``neutral`` (B, n)
-    bool: row positions whose whole prefix the swap leaves unchanged.
+    ``twins``: ``twin_input_ids``, ``twin_attention_mask``, ``twin_labels`` (causal LMs: the
+    twin's ids where the original target was supervised, else -100; classifiers: the row's
+    label) and ``twin_source`` (aligned row position per twin position, -1 none).
+    ``probes``: ``probe_input_ids``, ``probe_attention_mask``: the row's text with gender-neutral
+    first names, cut before its first gendered word, so that every position of a probe has a
+    prefix that does not tell the gender (a row that opens with a gendered word has none).
     """
 
     def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
                  tokenizer: PreTrainedTokenizerBase, swaps: dict[str, str], names: dict[str, str],
-                 task: str) -> None:
+                 task: str, twins: bool, probes: bool) -> None:
         self.collate, self.tokenizer, self.swaps, self.names, self.task = collate, tokenizer, swaps, names, task
+        self.twins, self.probes = twins, probes
+
+    def text(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
     def twin_ids(self, ids: list[int]) -> list[int]:
         """The ids of the text of ``ids`` with its gendered words and first names swapped."""
-        text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = self.text(ids)
         swapped = swap_text(text, self.swaps, self.names)
-        return ids if swapped == text else self.tokenizer(swapped, add_special_tokens=False)["input_ids"]
+        return ids if swapped == text else self.encode(swapped)
+
+    def probe_ids(self, ids: list[int]) -> list[int]:
+        """The ids of the neutral prefix of ``ids`` (see the class doc)."""
+        text = neutral_names(self.text(ids), self.names)
+        cut = first_gendered(text, self.swaps, self.names)
+        return self.encode((text if cut is None else text[:cut]).rstrip())
 
     def padded(self, rows: list[list[int]], value: int) -> torch.Tensor:
-        out = torch.full((len(rows), max(map(len, rows))), value, dtype=torch.long)
+        out = torch.full((len(rows), max(1, max(map(len, rows)))), value, dtype=torch.long)
         for i, row in enumerate(rows):
             out[i, :len(row)] = torch.tensor(row, dtype=torch.long)
         return out
@@ -106,20 +93,21 @@ class TwinCollator:
         batch = self.collate(features)
         lm = self.task == "lm"
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        twins, sources, prefixes, twin_labels = [], [], [], []
-        for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"].bool(), batch["labels"]):
-            own = ids[mask].tolist()
-            supervised = (labels[mask] != -100).tolist() if lm else []
-            twin = self.twin_ids(own)
-            source, prefix = align(own, twin)
-            twins.append(twin), sources.append(source), prefixes.append(prefix)
-            if lm:
-                twin_labels.append([t if s else -100 for t, s in zip(twin, carried(supervised, source))])
-        batch["twin_input_ids"] = self.padded(twins, pad)
-        batch["twin_attention_mask"] = self.padded([[1] * len(r) for r in twins], 0)
-        batch["twin_source"] = self.padded(sources, -1)
-        batch["twin_labels"] = self.padded(twin_labels, -100) if lm else batch["labels"].clone()
-        batch["neutral"] = torch.arange(batch["input_ids"].shape[1])[None, :] < torch.tensor(prefixes)[:, None]
+        rows = [(ids[mask].tolist(), (labels[mask] != -100).tolist() if lm else [])
+                for ids, mask, labels in zip(batch["input_ids"], batch["attention_mask"].bool(), batch["labels"])]
+        if self.twins:
+            twins = [self.twin_ids(own) for own, _ in rows]
+            sources = [align(own, twin) for (own, _), twin in zip(rows, twins)]
+            batch["twin_input_ids"] = self.padded(twins, pad)
+            batch["twin_attention_mask"] = self.padded([[1] * len(r) for r in twins], 0)
+            batch["twin_source"] = self.padded(sources, -1)
+            batch["twin_labels"] = batch["labels"].clone() if not lm else self.padded(
+                [[t if s else -100 for t, s in zip(twin, carried(supervised, source))]
+                 for (_, supervised), twin, source in zip(rows, twins, sources)], -100)
+        if self.probes:
+            probes = [self.probe_ids(own) for own, _ in rows]
+            batch["probe_input_ids"] = self.padded(probes, pad)
+            batch["probe_attention_mask"] = self.padded([[1] * len(r) for r in probes], 0)
         return batch
 
 
@@ -238,17 +226,22 @@ class DebiasObjective(nn.Module):
 
     @property
     def needs_twins(self) -> bool:
-        return self.counterfactual > 0 or (self.equalize > 0 and self.equalize_positions == "neutral")
+        return self.counterfactual > 0
+
+    @property
+    def needs_probes(self) -> bool:
+        return self.task == "lm" and self.equalize > 0 and self.equalize_positions == "neutral"
 
     def collator(self, collate: Callable, tokenizer: PreTrainedTokenizerBase) -> Callable:
-        if not self.needs_twins:
+        if not (self.needs_twins or self.needs_probes):
             return collate
-        return TwinCollator(collate, tokenizer, self.swaps, self.names, self.task)
+        return DebiasCollator(collate, tokenizer, self.swaps, self.names, self.task, self.needs_twins,
+                              self.needs_probes)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor, twin_logits: torch.Tensor | None = None,
              twin_mask: torch.Tensor | None = None, twin_source: torch.Tensor | None = None,
-             neutral: torch.Tensor | None = None) -> torch.Tensor:
-        """The weighted terms for a batch's logits (B, n, V) or (B, C) and its twins' (if any)."""
+             probe_logits: torch.Tensor | None = None, probe_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted terms for a batch's logits (B, n, V) or (B, C), its twins' and its probes' (if any)."""
         total = logits.new_zeros((), dtype=torch.float32)
         if self.task != "lm":
             if self.counterfactual > 0 and twin_logits is not None:
@@ -261,11 +254,12 @@ class DebiasObjective(nn.Module):
             q_log = self.classes.class_logprobs(twin_logits[rows, cols])[..., self.classes.swap]
             total = total + self.counterfactual * symmetric_kl(p_log, q_log).mean()
         if self.equalize > 0:
-            where = mask.bool() & neutral if self.equalize_positions == "neutral" else mask.bool()
-            chosen = [self.classes.class_logprobs(logits[where])]
-            if self.equalize_positions == "all" and twin_logits is not None:
-                chosen.append(self.classes.class_logprobs(twin_logits[twin_mask.bool()]))
-            logp = torch.cat(chosen)
-            pairs = self.classes.word_pairs
-            total = total + self.equalize * (logp[:, pairs[:, 0]] - logp[:, pairs[:, 1]]).abs().mean()
+            if self.equalize_positions == "neutral":
+                chosen = [probe_logits[probe_mask.bool()]] if probe_logits is not None else []
+            else:
+                chosen = [logits[mask.bool()]] + ([twin_logits[twin_mask.bool()]] if twin_logits is not None else [])
+            if chosen and sum(len(c) for c in chosen):
+                logp = self.classes.class_logprobs(torch.cat(chosen))
+                pairs = self.classes.word_pairs
+                total = total + self.equalize * (logp[:, pairs[:, 0]] - logp[:, pairs[:, 1]]).abs().mean()
         return total

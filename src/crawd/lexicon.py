@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import zlib
 from functools import lru_cache
 from pathlib import Path
 
@@ -142,22 +143,47 @@ def swap_text(text: str, swaps: dict[str, str], names: dict[str, str]) -> str:
     other listed words swap in any case, except capitalised inside a sentence (taken for
     a proper noun: the surname "King" stays).
     """
+    return _WORD.sub(lambda match: _swapped(text, match, swaps, names), text)
 
+
+def first_gendered(text: str, swaps: dict[str, str], names: dict[str, str]) -> int | None:
+    """Character offset of the first word :func:`swap_text` would change, else None."""
+    for match in _WORD.finditer(text):
+        if _swapped(text, match, swaps, names) != match.group(0):
+            return match.start()
+    return None
+
+
+#: Gender-neutral first names (:func:`neutral_names`).
+NEUTRAL_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Casey", "Morgan", "Riley", "Jamie", "Avery", "Quinn",
+                 "Robin", "Charlie", "Drew", "Jesse", "Cameron", "Skyler")
+
+
+def neutral_names(text: str, names: dict[str, str]) -> str:
+    """``text`` with every listed first name replaced by a gender-neutral one (the same one for a
+    name and for its counterpart)."""
     def replace(match: re.Match) -> str:
         word = match.group(0)
-        low = word.lower()
-        if word in names:
-            return names[word]
-        if low in _PRONOUNS:
-            after = _next_word(text, match.end())
-            content = after is not None and after not in _FUNCTION_WORDS
-            new = {"her": "his" if content else "him", "his": "her" if content else "hers",
-                   "him": "her", "hers": "his"}[low]
-            return _match_case(new, word)
-        if low in swaps:
-            if word[:1].isupper() and not _sentence_start(text, match.start()):
-                return word  # a capitalised word inside a sentence is a proper noun ("Raj King", "Dr. Mann")
-            return _match_case(swaps[low], word)
-        return word
+        if word not in names:
+            return word
+        return NEUTRAL_NAMES[zlib.crc32(min(word, names[word]).encode()) % len(NEUTRAL_NAMES)]
 
     return _WORD.sub(replace, text)
+
+
+def _swapped(text: str, match: re.Match, swaps: dict[str, str], names: dict[str, str]) -> str:
+    word = match.group(0)
+    low = word.lower()
+    if word in names:
+        return names[word]
+    if low in _PRONOUNS:
+        after = _next_word(text, match.end())
+        content = after is not None and after not in _FUNCTION_WORDS
+        new = {"her": "his" if content else "him", "his": "her" if content else "hers",
+               "him": "her", "hers": "his"}[low]
+        return _match_case(new, word)
+    if low in swaps:
+        if word[:1].isupper() and not _sentence_start(text, match.start()):
+            return word  # a capitalised word inside a sentence is a proper noun ("Raj King", "Dr. Mann")
+        return _match_case(swaps[low], word)
+    return word

@@ -342,10 +342,12 @@ def train(
     collator = Collator(tokenizer, model.task)
     rows_per_example = 1
     objective = getattr(model, "objective", None)
-    if objective is not None and objective.needs_twins:  # twins ride in the batch: batch_size counts both
-        if settings.batch_size < 2:
-            raise ValueError("batch_size must be at least 2 with counterfactual twins (each row brings its twin)")
-        collator, rows_per_example = objective.collator(collator, tokenizer), 2
+    if objective is not None:
+        collator = objective.collator(collator, tokenizer)
+        if objective.needs_twins:  # twins ride in the batch: batch_size counts both
+            if settings.batch_size < 2:
+                raise ValueError("batch_size must be at least 2 with counterfactual twins (each row brings its twin)")
+            rows_per_example = 2
     args = TrainingArguments(
         output_dir=str(out_dir),
         max_steps=settings.max_steps,
