@@ -14,16 +14,11 @@ from transformers import AutoModelForSequenceClassification, set_seed
 import crawd
 from crawd.config import CrawdConfig
 from crawd.methods import METHODS, get_method
-from crawd.methods.baselines import (
-    AdversarialModel,
-    DebiasTuningModel,
-    EARModel,
-    attention_entropy,
-    blind_transform,
-    cda_transform,
-    gendered_mass_penalty,
-    grad_reverse,
-)
+from crawd.methods.adversarial import AdversarialModel, grad_reverse
+from crawd.methods.blind import blind_transform
+from crawd.methods.cda import cda_transform
+from crawd.methods.debias_tuning import DebiasTuningModel, gendered_mass_penalty
+from crawd.methods.ear import EARModel, attention_entropy
 from crawd.train import Collator, TrainSettings, tokenize, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"

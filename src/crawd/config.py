@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crawd.sensitive import GROUPS
+
 HEADS = ("concat", "residual")
 SCOPES = ("example", "row")
 MODES = ("cross", "self")
@@ -105,8 +107,6 @@ class CrawdConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        from crawd.sensitive import GROUPS
-
         self.sensitive_words = _as_tuple(self.sensitive_words, "sensitive_words")
         self.groups = _as_tuple(self.groups, "groups")
         if self.lora_target_modules is not None:
@@ -144,8 +144,6 @@ class CrawdConfig:
     @property
     def words(self) -> tuple[str, ...]:
         """The reference sensitive words: ``sensitive_words`` then each group's words."""
-        from crawd.sensitive import GROUPS
-
         out = list(self.sensitive_words)
         for group in self.groups:
             out += [w for w in GROUPS[group] if w not in out]

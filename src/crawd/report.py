@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from crawd.serialization import write_json  # noqa: E402
+from crawd.storage import write_json  # noqa: E402
 
 #: Direction of each headline metric: +1 higher is better, -1 lower is better; 0: closest to the ideal.
 DIRECTION = {"gas": -1, "ppl": -1, "pronoun_skew": -1, "accuracy": 1, "rms_tpr_gap": -1, "max_tpr_gap": -1,
@@ -281,3 +281,4 @@ def write_report(results: dict, out_dir: str | Path, title: str = "crawd results
 
 def print_results(results: dict, title: str = "crawd results", console: Console | None = None) -> None:
     (console or Console()).print(rich_table(results, title))
+
