@@ -282,3 +282,15 @@ def write_report(results: dict, out_dir: str | Path, title: str = "crawd results
 def print_results(results: dict, title: str = "crawd results", console: Console | None = None) -> None:
     (console or Console()).print(rich_table(results, title))
 
+
+def plot_cross_attention(beta: np.ndarray, decayed: np.ndarray, rows: list[str], cols: list[str], path: Path) -> None:
+    """Heatmaps of the cross-attention (input tokens x sensitive tokens) before and after the top-K decay."""
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.6 * len(cols), 1.5 + 0.3 * len(rows)), sharey=True)
+    for ax, matrix, title in zip(axes, (beta, decayed), ("beta (mean over heads)", "after top-K decay")):
+        image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=float(beta.max()))
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_title(title, fontsize=9)
+    axes[0].set_yticks(range(len(rows)), rows)
+    fig.colorbar(image, ax=axes)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
