@@ -1,35 +1,10 @@
 """Counterfactual twins and the two loss terms built on them (``counterfactual``, ``equalize``).
 
-Twins. :class:`TwinCollator` gives every training row a twin: its text with the gendered
-words and first names swapped (:func:`crawd.lexicon.swap_text`), tokenized again and
-aligned to the original token by token (``difflib`` matching of the two id lists: equal
-runs align one to one; a swapped word that changed its token count aligns at its last
-token, whose prediction is that of the word after it). The twins ride in the same batch
-as their originals, so one backbone pass serves both and the training step costs what
-vanilla's does at the same number of rows (``train`` halves the loader's batch size).
-
-Counterfactual consistency (weight ``CrawdConfig.counterfactual``; BiasEdit-style): at
-every aligned position, the next-token distribution of a row and that of its twin, the
-latter with its gendered tokens mapped back (he <-> she, ...), agree in symmetric KL.
-Where the prefix holds no gendered word the twin's prefix is the original one, so the
-term asks P(he | "The nurse said that") = P(she | ...): the occupation cannot pick the
-pronoun. After "Mary ... " it asks only for gender-equivariance, which the training text
-itself satisfies, so the pronoun the context calls for keeps its probability.
-Classifiers: the twins' class distributions agree (invariance).
-
-Equalizing (weight ``CrawdConfig.equalize``; Qian et al. 2019): mean over paired
-gendered words of |log P(female word) - log P(male word)| at every position
-(``equalize_positions="all"``, as in the paper) or only where the prefix holds no
-gendered word (``"neutral"``). It differs from the ``debias_tuning`` baseline, which
-penalises the total mass P_f + P_m and the absolute gap |P_f - P_m|: that pushes
-gendered words down everywhere (they are the right words after "Mary ..."), and an
-absolute gap has almost no gradient when both words are unlikely; a log-ratio per pair
-is scale-free and leaves the total free.
-
-Output classes. "her" is the twin of both "his" and "him", so the vocabulary is not
-simply permuted: tokens linked by the lexicon form bipartite groups ({her, hers} <->
-{his, him}), each side's probability is summed into one class, and the swap maps class
-to class. Only single-token spellings (word, " word", capitalised) take part.
+:class:`TwinCollator` gives every training row its gender-swapped twin in the same batch, aligned
+token by token; :class:`DebiasObjective` adds the consistency term (a row and its twin predict
+alike up to the swap, symmetric KL) and the equalizing term (|log P(she) - log P(he)| per gendered
+pair, Qian et al. 2019). How the twins align and why the terms are built so: docs/method.md,
+"Counterfactual twins and the loss terms".
 """
 
 from __future__ import annotations

@@ -1,98 +1,11 @@
-"""``mode="self"``: decay the base model's own attention to the tokens most associated with b.
+"""``mode="self"``: decay the base model's own attention to the tokens most associated with the reference words b.
 
-The abstract of the paper speaks of decaying "the attention weights of tokens associated
-with sensitive tokens"; this module builds that reading (method spec, section 7). No block
-and no new head are added: the base model is changed only inside its self-attention.
-
-Forward pass, shapes for one batch (B batch, n tokens, m reference tokens, V vocabulary):
-
-1. Scoring (fixed, no parameters). A cross-attention between the input tokens and the
-   reference sequence b scores every token:
-       e_v      = isotropy-corrected input embedding of token v: the base's embedding row,
-                  minus the vocabulary mean, minus its projection on the top principal
-                  direction(s) of the embedding matrix, then unit-normalised          (V, d)
-       beta_i   = softmax_s( cos(e_{x_i}, e_{b_s}) / T )                              (n, m)
-       score_i  = max_s beta_is        (m = 1: the cosine itself, as beta is then 1)  (n,)
-   A token scores high when it leans towards ONE reference word (he vs she, ...): the
-   gendered words themselves score highest, neutral words ("the", "they") near 1/m. The
-   score depends on the token id only, so it is one lookup in a (V,) table built at
-   initialisation (``score_table``).
-2. Selection (paper Eq. 2's cut-off rule, :func:`crawd.block.topk_mask`). Candidates are the
-   non-padding, non-special tokens. For causal models the cut-off of a query at position i
-   covers the candidates at positions <= i: k = ceil(K * N_i), tau the k-th largest score,
-   every candidate >= tau is selected (ties included). The last position therefore sees the
-   top-K% of the whole example; earlier positions see the top-K% of their prefix. A cut-off
-   over the whole sequence would leak future tokens into training (which keys are decayed
-   would depend on tokens not yet seen) and could not be reproduced by cached generation.
-   Encoders (bidirectional attention) use one cut-off over the whole example.
-3. Decay. In the chosen layers (default: the last third, ``ceil(L / 3)`` layers) every
-   attention weight that a query gives to a selected key OTHER than itself is multiplied by
-   lambda and the row renormalised, i.e. log(lambda) is added to those logits (method spec,
-   section 4). lambda = 0 masks them (the finite minimum of the dtype); a query's own key
-   is never decayed, so no row loses its last visible key.
-
-The bias travels through transformers' attention interface: the base model is switched to
-the registered implementation ``"crawd_sdpa"`` (or ``"crawd_eager"``), which adds the bias to
-the attention mask of the chosen layers and then calls transformers' own SDPA (or eager)
-function; every other layer, and every call without a bias, is the original function
-unchanged. Masks are built exactly as for ``"sdpa"`` / ``"eager"``.
-
-Why this scoring (and why it is not trained):
-  * The top-K selection is a constant for backpropagation (as tau is in ``mode="cross"``),
-    so the language-model loss gives a scoring cross-attention no gradient: trained Q/K
-    weights would stay at their random start. The scoring is therefore fixed and
-    similarity-based, with no parameters; LoRA (the only trained part) learns around the
-    decay.
-  * Input embeddings, not hidden states: the score of a token is the same wherever it
-    occurs, does not drift while LoRA trains, costs one table lookup, and makes cached
-    generation trivially equal to recomputation. Raw embeddings of real models share a
-    strong "frequent token" direction (in SmolLM2-135M, "the", "is", "in" have cosine
-    ~0.7 with "he"); removing the mean and the top principal direction (Mu & Viswanath,
-    "all-but-the-top", 2018) leaves the gendered words (his, her, him, husband, woman,
-    Mary) as the clear top and function words near neutral.
-  * What this can and cannot do against occupation-pronoun skew: static embeddings of a
-    small model carry little gender for occupation words (in SmolLM2 "nurse" and
-    "engineer" are near neutral), so in "The nurse said that" no token is strongly
-    associated and the top-K% falls on the least neutral words ("The", "that"); untrained,
-    with the defaults, p(she) / (p(she) + p(he)) after it moved from 0.83 to 0.87. In bios
-    the selection is the explicit cues (Sarah, She, her, He, his, him) plus, at K = 40%,
-    function words. The decay therefore acts on explicit gender cues in context. One
-    caveat for training on skewed bios: a model that cannot read gender from the name or
-    an earlier pronoun in its upper layers may lean MORE on the occupation to predict
-    the next pronoun, so whether this lowers the skew is an empirical question (spec,
-    section 7). ``score_table`` is a plain (V,) buffer that can be replaced, e.g. by a
-    corpus co-occurrence statistic with the sensitive words (which would rank "nurse"
-    high and decay the occupation-to-pronoun path), without touching the rest.
-
-Contextual scoring (``self_scoring="contextual"``, issue 8). The same cross-attention, but
-over the base's hidden states at a score layer L_s instead of static embeddings, so that a
-word the MODEL associates with one gender in context ("nurse", "engineer") can score high:
-       z_i      = (h_i - mu) / sigma, h_i the state of token i entering layer L_s; mu, sigma
-                  the per-dimension mean and spread of the states of a neutral calibration
-                  text (``CALIBRATION_TEXT``, start token and first token left out): without
-                  this whitening a few outlier dimensions and the first-position state decide
-                  the ranking (in SmolLM2 "The" scored top in 56 of 56 prompts)
-       r_s      = whitened state of reference word s after a neutral context ("The person
-                  said that she"), minus the mean over the reference words (m = 2: r_she =
-                  -r_he = (z_she - z_he) / 2, the gender direction), unit norm
-       beta_i   = softmax_s( cos(z_i, r_s) / T );  score_i = max_s beta_is  (m = 1: |cos|)
-   For m = 2 the score ranks tokens by |cos(z_i, z_she - z_he)|. L_s must not come after the
-   first decayed layer (default: first decayed - ceil(L / 10), 17 for SmolLM2's default 20-29):
-   a forward pre-hook on layer L_s computes the scores of the new positions INSIDE the same
-   pass, prepends the cached positions' scores (kept on the KV cache as in the embedding
-   case), and fills in the selection that the decayed layers, which run later, read. A
-   causal state at L_s depends on its prefix only, so cached generation equals full
-   recomputation. The reference states and mu, sigma are fixed at wrapping time (base
-   weights, adapter off); the token states come from the running model, so they follow
-   LoRA while it trains. Cost: no extra pass, one (n x d) whitening and cosine per forward.
-
-Options (``CrawdConfig.extra``): ``self_temperature`` (T, default 0.1),
-``self_isotropy_pcs`` (principal directions removed, default 1), ``self_exclude_special``
-(special tokens are never decayed, default True: BOS is the usual attention sink),
-``self_scoring`` ("embedding", default, or "contextual"), ``self_score_layer`` (L_s, None:
-default above), ``self_reference_context`` (text before each reference word, default
-"The person said that"), ``self_calibration_text`` (None: ``CALIBRATION_TEXT``). See
-docs/self-mode-study.md for the measured effect of each scoring on SmolLM2-135M.
+No block and no new head. A fixed scoring (each token's similarity to b: isotropy-corrected
+input embeddings, or with ``self_scoring="contextual"`` whitened hidden states at a score
+layer) selects the top-K% tokens per prefix, and in the chosen layers (default: the last
+third) log(lambda) is added to the attention logits of those keys, through transformers'
+attention interface (``crawd_sdpa`` / ``crawd_eager``). Why it is built so, and its options
+in ``CrawdConfig.extra``: docs/method.md, "mode self in detail".
 """
 
 from __future__ import annotations
