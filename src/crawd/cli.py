@@ -111,6 +111,7 @@ def _option_type(hint: Any) -> Any:
 
 
 def show(line: str) -> None:
+    """Print ``line`` as it is (paths: no highlighting, no wrapping)."""
     console.print(line, highlight=False, soft_wrap=True)
 
 

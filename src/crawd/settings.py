@@ -87,7 +87,7 @@ class Settings:
     @classmethod
     def load(cls: type[S], config: Path | None = None, flags: dict[str, Any] | None = None) -> S:
         """The YAML file ``config`` (keys: the option names), then the ``flags`` that are not None."""
-        options = dict((f.name, (f, hint)) for f, hint in cls.options())
+        options = {f.name: (f, hint) for f, hint in cls.options()}
         values: dict[str, Any] = {}
         if config is not None:
             config = Path(config).expanduser().resolve()
@@ -106,7 +106,7 @@ class Settings:
         if self.source is not None:
             show(f"config: {self.source}")
         changes = {}
-        for f, hint in self.options():
+        for f, _ in self.options():
             value, kind = getattr(self, f.name), f.metadata.get("path")
             if not kind or value is None or value == "":
                 continue
