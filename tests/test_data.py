@@ -318,3 +318,23 @@ def test_madlibs_bad_labels(tmp_path: Path) -> None:
     ).to_csv(tmp_path / "madlibs" / "bias_madlibs_77k.csv", index=False)
     with pytest.raises(ValueError, match="must hold BAD or NOT_BAD.*MAYBE"):
         madlibs(str(tmp_path))
+
+
+def test_synthetic_bios_validation_split_pairs_and_occupation_subset():
+    from crawd.data import synthetic_bios
+
+    plain = synthetic_bios(n_train=56, n_test=56, seed=3)
+    more = synthetic_bios(n_train=56, n_test=56, seed=3, n_val=56)
+    assert more["train"]["text"] == plain["train"]["text"] and more["test"]["text"] == plain["test"]["text"]
+    assert len(more["validation"]) == 56
+    paired = synthetic_bios(n_train=56, n_test=56, seed=3, paired=True)["test"].to_pandas()
+    women, men = paired[paired.gender == "female"], paired[paired.gender == "male"]
+    assert len(women) == len(men) == 28
+    # each woman's bio has a twin: the same text once her name and pronouns are swapped
+    from crawd.lexicon import gender_lexicon, swap_text
+    swaps, names = gender_lexicon(None)
+    assert sorted(swap_text(t, swaps, names) for t in women.text) == sorted(men.text)
+    subset = synthetic_bios(n_train=20, n_test=20, occupations=["nurse", "surgeon"])
+    assert subset["train"].features["label"].names == ["nurse", "surgeon"]
+    with pytest.raises(ValueError, match="occupations must be two or more"):
+        synthetic_bios(occupations=["nurse", "astronaut"])

@@ -4,7 +4,7 @@
 token by token; :class:`DebiasObjective` adds the consistency term (a row and its twin predict
 alike up to the swap, symmetric KL) and the equalizing term (|log P(she) - log P(he)| per gendered
 pair, Qian et al. 2019). How the twins align and why the terms are built so: docs/method.md,
-"Counterfactual twins and the loss terms".
+"Mitigation options".
 """
 
 from __future__ import annotations

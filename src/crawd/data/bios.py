@@ -238,6 +238,7 @@ def synthetic_bios(
     hide_title: bool = False,
     n_val: int = 0,
     paired: bool = False,
+    occupations: list[str] | None = None,
 ) -> DatasetDict:
     """Generate short biographies; the task is to predict the occupation.
 
@@ -248,7 +249,7 @@ def synthetic_bios(
     multiple of 56). Names, cities and templates are drawn with
     ``random.Random(seed)``: the same arguments give the same data.
 
-    Columns: ``text``, ``label`` (ClassLabel over :data:`OCCUPATIONS`),
+    Columns: ``text``, ``label`` (ClassLabel over ``occupations``),
     ``gender`` ("female" / "male") and ``occupation`` (the label's name).
 
     Args:
@@ -270,9 +271,14 @@ def synthetic_bios(
             has a man's twin with the same draws (template, city, school, focus, quality,
             years, surname) and the first name at the same position of the other list, so
             a gap between the two halves is the model's use of gender, not sampling noise.
+        occupations: a subset of :data:`OCCUPATIONS` (the labels, in that order); None: all 28.
     """
-    if min(n_train, n_test) < len(OCCUPATIONS) or 0 < n_val < len(OCCUPATIONS):
-        raise ValueError(f"n_train, n_test and n_val (when given) must be at least {len(OCCUPATIONS)} "
+    occupations = list(OCCUPATIONS) if occupations is None else list(occupations)
+    unknown = sorted(set(occupations) - set(OCCUPATIONS))
+    if unknown or len(occupations) < 2:
+        raise ValueError(f"occupations must be two or more of {', '.join(OCCUPATIONS)}; got {unknown or occupations}")
+    if min(n_train, n_test) < len(occupations) or 0 < n_val < len(occupations):
+        raise ValueError(f"n_train, n_test and n_val (when given) must be at least {len(occupations)} "
                          "(one row per occupation)")
     shares = female_share(data_dir, occupations_tsv)
     rng = random.Random(seed)
@@ -283,8 +289,8 @@ def synthetic_bios(
 
     def split(n: int, share_of: dict[str, float], twins: bool = False) -> pd.DataFrame:
         rows = []
-        for i, occupation in enumerate(OCCUPATIONS):
-            count = n // len(OCCUPATIONS) + (i < n % len(OCCUPATIONS))
+        for i, occupation in enumerate(occupations):
+            count = n // len(occupations) + (i < n % len(occupations))
             if twins:
                 for _ in range(count // 2):
                     state = rng.getstate()
@@ -297,11 +303,11 @@ def synthetic_bios(
         rng.shuffle(rows)
         return pd.DataFrame(rows)
 
-    balanced = dict.fromkeys(OCCUPATIONS, 0.5)
-    train = split(n_train, {o: sharpen(shares[o], skew) for o in OCCUPATIONS})
+    balanced = dict.fromkeys(occupations, 0.5)
+    train = split(n_train, {o: sharpen(shares[o], skew) for o in occupations})
     test = split(n_test, balanced, paired)
     validation = split(n_val, balanced, paired) if n_val else None
-    return build_dataset(train, test, "synthetic bios", label_names=OCCUPATIONS, validation=validation)
+    return build_dataset(train, test, "synthetic bios", label_names=occupations, validation=validation)
 
 
 def _bio(rng: random.Random, occupation: str, gender: str, hide_title: bool = False) -> str:
