@@ -21,10 +21,10 @@ import torch
 
 from crawd import CrawdConfig
 from crawd.data import synthetic_bios
+from crawd.methods.crawd_self import SelfDecayModel
 from crawd.metrics.perplexity import perplexity
 from crawd.metrics.pronoun_skew import SKEW_TEMPLATES, pronoun_skew
 from crawd.models import load_model
-from crawd.self_decay import SelfDecayModel
 
 DATA = "/work/shared/data"
 LAST_HALF = tuple(range(15, 30))

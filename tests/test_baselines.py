@@ -14,16 +14,11 @@ from transformers import AutoModelForSequenceClassification, set_seed
 import crawd
 from crawd.config import CrawdConfig
 from crawd.methods import METHODS, get_method
-from crawd.methods.baselines import (
-    AdversarialModel,
-    DebiasTuningModel,
-    EARModel,
-    attention_entropy,
-    blind_transform,
-    cda_transform,
-    gendered_mass_penalty,
-    grad_reverse,
-)
+from crawd.methods.adversarial import AdversarialModel, grad_reverse
+from crawd.methods.blind import blind_transform
+from crawd.methods.cda import cda_transform
+from crawd.methods.debias_tuning import DebiasTuningModel, gendered_mass_penalty
+from crawd.methods.ear import EARModel, attention_entropy
 from crawd.train import Collator, TrainSettings, tokenize, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -264,7 +259,7 @@ def test_debias_tuning_lowers_the_gendered_mass(tokenizer):
 # ---- configs -----------------------------------------------------------------------------
 
 def load_config(name: str) -> dict:
-    from crawd.cli import COMPARE_KEYS, read_yaml
+    from crawd.settings import COMPARE_KEYS, read_yaml
 
     return read_yaml(CONFIGS / f"{name}.yaml", COMPARE_KEYS)
 
@@ -272,9 +267,9 @@ def load_config(name: str) -> dict:
 @pytest.mark.parametrize("name", ["bios-generation", "occupation-classification", "madlibs-toxicity",
                                   "self-vs-cross-generation", "ablation-grid"])
 def test_configs_are_valid_and_quick_is_tiny(name):
-    from crawd.cli import expand_methods
     from crawd.experiment import HEADLINES
     from crawd.metrics import BENCHMARKS
+    from crawd.settings import expand_methods
 
     spec = load_config(name)
     TrainSettings(**spec.get("settings", {}))
@@ -296,7 +291,7 @@ def test_configs_are_valid_and_quick_is_tiny(name):
 
 
 def test_ablation_grid_covers_the_papers_ranges():
-    from crawd.cli import expand_methods
+    from crawd.settings import expand_methods
 
     entries = [e for e in expand_methods(load_config("ablation-grid")["methods"]) if e["method"] == "crawd"]
     pairs = {(e["overrides"]["top_k"], e["overrides"]["decay"]) for e in entries}
@@ -304,8 +299,8 @@ def test_ablation_grid_covers_the_papers_ranges():
 
 
 def test_partial_reference_config_compares_he_she_with_all_28_gendered_words():
-    from crawd.cli import expand_methods
     from crawd.metrics.gas import GENDERED_WORDS
+    from crawd.settings import expand_methods
 
     spec = load_config("bios-generation")
     base = CrawdConfig.from_dict(spec.get("crawd", {}))

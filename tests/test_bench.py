@@ -86,8 +86,8 @@ def test_random_model_is_built_on_the_target_device():
 
 
 def test_padded_training_batch_is_right_padded():
-    ids, mask = bench._batch(6, 20, 100, torch.device("cpu"), seed=1, padding=0.5)
+    ids, mask = bench.random_batch(6, 20, 100, torch.device("cpu"), seed=1, padding=0.5)
     lengths = mask.sum(-1)
     assert mask[0].all() and (lengths >= 10).all() and (lengths < 20).any()
     assert torch.equal(mask, (torch.arange(20)[None] < lengths[:, None]).long())  # valid tokens first
-    assert torch.equal(bench._batch(6, 20, 100, torch.device("cpu"), seed=1)[0][mask.bool()], ids[mask.bool()])
+    assert torch.equal(bench.random_batch(6, 20, 100, torch.device("cpu"), seed=1)[0][mask.bool()], ids[mask.bool()])

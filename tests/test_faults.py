@@ -25,7 +25,7 @@ from transformers import TrainerCallback, set_seed
 
 import crawd
 from crawd.cli import main
-from crawd.serialization import read_adapter
+from crawd.storage import read_adapter
 from crawd.train import TrainSettings, train
 
 

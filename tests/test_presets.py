@@ -9,8 +9,9 @@ import pytest
 from conftest import save_tiny_model, write_csv
 
 from crawd import CrawdConfig
-from crawd.cli import expand_methods, main
+from crawd.cli import main
 from crawd.config import PRESETS
+from crawd.settings import expand_methods
 
 
 def test_preset_gives_its_settings_for_the_task_then_the_overrides():

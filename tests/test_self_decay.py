@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM
 import crawd
 from crawd import CrawdConfig
 from crawd.block import topk_mask
-from crawd.self_decay import SelfDecayModel, default_layers
+from crawd.methods.crawd_self import SelfDecayModel, default_layers
 
 ARCHS = ("llama", "gpt2", "qwen2", "mistral", "gemma")
 
@@ -308,7 +308,7 @@ def test_contextual_scores_match_a_hand_computation(tokenizer):
     with torch.no_grad():
         start = [tokenizer.eos_token_id]
         plain = lambda t: tokenizer(t, add_special_tokens=False)["input_ids"]  # noqa: E731
-        from crawd.self_decay import CALIBRATION_TEXT
+        from crawd.methods.crawd_self import CALIBRATION_TEXT
         calib = states((start + plain(CALIBRATION_TEXT))[:64])[2:]  # cut to the tiny model's 64 positions
         mean, std = calib.mean(0), calib.std(0)
         refs = torch.stack([states(start + plain("The person said that") + plain(w))[-1] for w in ("he", "she")])

@@ -1,14 +1,13 @@
 """AdaptedModel: a Hugging Face model with an optional LoRA adapter behind one small API.
 
 It is the ``vanilla`` method (plain fine-tuning with the paper's LoRA) and the base
-class of :class:`crawd.model.CrawdModel`, which changes only the head. Both share the
-forward pass, the cached generation loop and adapter-only saving, so a comparison
-between them differs in the method alone.
+class of every method's model (:mod:`crawd.methods`): they share the forward pass, the
+cached generation loop and adapter-only saving, so a comparison differs in the method alone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -28,11 +27,12 @@ from crawd.counterfactual import DebiasObjective
 from crawd.erasure import ConceptEraser
 from crawd.lexicon import gender_lexicon, wordlist_dir
 from crawd.models import ENCODER_MODEL_TYPES
+from crawd.storage import save_adapter
 
-#: LoRA settings kept in a saved adapter (enough to rebuild the same adapter on load).
 #: batch keys of the counterfactual twins and neutral probes (:class:`crawd.counterfactual.DebiasCollator`)
 TWIN_KEYS = ("twin_input_ids", "twin_attention_mask", "twin_labels", "twin_source", "probe_input_ids",
              "probe_attention_mask")
+#: LoRA settings kept in a saved adapter (enough to rebuild the same adapter on load).
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora",
              "layers_to_transform", "fan_in_fan_out")
 
@@ -59,6 +59,9 @@ class AdaptedModel(nn.Module):
         tokenizer: the base model's tokenizer.
         config: only the LoRA fields are used here.
     """
+
+    #: the method whose builder rebuilds this model from a saved folder (``crawd_config.json``'s "method")
+    saved_as: ClassVar[str] = "vanilla"
 
     def __init__(self, base: PreTrainedModel | PeftModel, tokenizer: PreTrainedTokenizerBase,
                  config: CrawdConfig | None = None) -> None:
@@ -346,6 +349,4 @@ class AdaptedModel(nn.Module):
 
     def save_pretrained(self, directory: str) -> None:
         """Write the trained weights (safetensors) and the settings (JSON) to ``directory``."""
-        from crawd.serialization import save_adapter
-
         save_adapter(self, directory)

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from crawd.sensitive import GROUPS
+
 HEADS = ("concat", "residual")
 SCOPES = ("example", "row")
 MODES = ("cross", "self")
@@ -68,8 +70,9 @@ class CrawdConfig:
             must agree up to the swap (symmetric KL; :mod:`crawd.counterfactual`).
         equalize: weight of the equalizing loss of Qian et al. (2019) (0: off): |log P(she) -
             log P(he)| and the like for every pair of gendered words.
-        equalize_positions: ``"neutral"`` (positions whose prefix holds no gendered word) or
-            ``"all"`` (every position, as Qian et al.).
+        equalize_positions: ``"neutral"`` (every position of neutral probes: each row's text
+            with neutral first names, cut before its first gendered word) or ``"all"`` (every
+            position of the rows, as Qian et al.).
         erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden
             states and apply it to H_x before the block and head (:mod:`crawd.erasure`).
         erase_column: the training data's column holding the sensitive attribute.
@@ -105,8 +108,6 @@ class CrawdConfig:
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
-        from crawd.sensitive import GROUPS
-
         self.sensitive_words = _as_tuple(self.sensitive_words, "sensitive_words")
         self.groups = _as_tuple(self.groups, "groups")
         if self.lora_target_modules is not None:
@@ -144,8 +145,6 @@ class CrawdConfig:
     @property
     def words(self) -> tuple[str, ...]:
         """The reference sensitive words: ``sensitive_words`` then each group's words."""
-        from crawd.sensitive import GROUPS
-
         out = list(self.sensitive_words)
         for group in self.groups:
             out += [w for w in GROUPS[group] if w not in out]

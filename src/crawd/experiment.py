@@ -38,7 +38,7 @@ from crawd.methods import get_method
 from crawd.metrics import run_benchmarks
 from crawd.metrics.loglik import model_device
 from crawd.models import load_model
-from crawd.serialization import write_json
+from crawd.storage import write_json
 from crawd.train import TrainSettings, train
 
 #: Headline figures of each benchmark: (display name, path into the benchmark's result).

@@ -27,8 +27,9 @@ from pathlib import Path
 
 from peft import PeftModel
 
+from crawd.loading import AutoCrawdModel
 from crawd.models import ALIASES
-from crawd.serialization import CONFIG_NAME, WEIGHTS_NAME, AutoCrawdModel, read_adapter, write_json
+from crawd.storage import CONFIG_NAME, WEIGHTS_NAME, read_adapter, write_json
 
 __all__ = ["MERGE_REFUSALS", "export"]
 

@@ -26,8 +26,8 @@ import torch
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 
+from crawd.loading import AutoCrawdModel
 from crawd.models import base_name, load_model
-from crawd.serialization import AutoCrawdModel
 
 __all__ = ["CrawdLM"]
 

@@ -12,15 +12,11 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+from rich.console import Console
+from rich.table import Table
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.table import Table  # noqa: E402
-
-from crawd.serialization import write_json  # noqa: E402
+from crawd.storage import write_json
 
 #: Direction of each headline metric: +1 higher is better, -1 lower is better; 0: closest to the ideal.
 DIRECTION = {"gas": -1, "ppl": -1, "pronoun_skew": -1, "accuracy": 1, "rms_tpr_gap": -1, "max_tpr_gap": -1,
@@ -167,6 +163,7 @@ def plot_metrics(results: dict, path: Path) -> None:
     summary = summarise(results["runs"])
     names = metric_names(results["runs"])
     methods = list(summary)
+    plt = _pyplot()
     fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axes[0], names):
         means = [summary[m].get(name, {}).get("mean", math.nan) for m in methods]
@@ -210,6 +207,7 @@ def plot_tradeoff(results: dict, path: Path, fairness: str, utility: str) -> boo
     summary = {m: s for m, s in summarise(results["runs"]).items() if fairness in s and utility in s}
     if len(summary) < 2:
         return False
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 4))
     points = []
     for i, (method, stats) in enumerate(summary.items()):
@@ -237,6 +235,7 @@ def plot_crows_groups(results: dict, path: Path) -> bool:
         return False
     types = sorted(runs[0]["benchmarks"]["crows_pairs"]["result"]["by_bias_type"])
     width = 0.8 / len(runs)
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(1.1 * len(types) + 2, 3.6))
     for i, run in enumerate(runs):
         groups = run["benchmarks"]["crows_pairs"]["result"]["by_bias_type"]
@@ -281,3 +280,28 @@ def write_report(results: dict, out_dir: str | Path, title: str = "crawd results
 
 def print_results(results: dict, title: str = "crawd results", console: Console | None = None) -> None:
     (console or Console()).print(rich_table(results, title))
+
+
+def plot_cross_attention(beta: np.ndarray, decayed: np.ndarray, rows: list[str], cols: list[str], path: Path) -> None:
+    """Heatmaps of the cross-attention (input tokens x sensitive tokens) before and after the top-K decay."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(4 + 0.6 * len(cols), 1.5 + 0.3 * len(rows)), sharey=True)
+    for ax, matrix, title in zip(axes, (beta, decayed), ("beta (mean over heads)", "after top-K decay")):
+        image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=float(beta.max()))
+        ax.set_xticks(range(len(cols)), cols)
+        ax.set_title(title, fontsize=9)
+    axes[0].set_yticks(range(len(rows)), rows)
+    fig.colorbar(image, ax=axes)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, imported with the first plot: it takes ~0.4 s, which every
+    `crawd` command would otherwise pay."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt

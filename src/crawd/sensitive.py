@@ -20,6 +20,13 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "class": ("rich", "poor"),
 }
 
+#: The 28 gendered words of the paper's GAS metric, female then male (also the ``debias_tuning`` penalty's words).
+FEMALE_WORDS: tuple[str, ...] = ("she", "her", "hers", "woman", "female", "girl", "mother",
+                                 "daughter", "sister", "queen", "actress", "wife", "aunt", "madam")
+MALE_WORDS: tuple[str, ...] = ("he", "him", "his", "man", "male", "boy", "father", "son",
+                               "brother", "king", "actor", "husband", "uncle", "sir")
+GENDERED_WORDS: tuple[str, ...] = FEMALE_WORDS + MALE_WORDS
+
 
 def word_token_ids(tokenizer: PreTrainedTokenizerBase, word: str) -> list[int]:
     """Token ids of ``word`` as it appears inside running text (after a space).

@@ -2,7 +2,7 @@
 
 What crawd adds to the stock Trainer:
 - checkpoints hold the adapter only (``checkpoint-N/adapter``: safetensors + JSON, see
-  :mod:`crawd.serialization`) beside the Trainer's optimizer / scheduler / RNG files
+  :mod:`crawd.storage`) beside the Trainer's optimizer / scheduler / RNG files
   (torch's format, read back with ``weights_only=True``); each one is written into
   a staging folder and renamed into place: a kill mid-write never leaves a
   ``checkpoint-N`` that resume would pick up;
@@ -42,7 +42,7 @@ from crawd.adapted import AdaptedModel
 from crawd.config import CrawdConfig
 from crawd.erasure import EraserCallback
 from crawd.lm_examples import lm_examples
-from crawd.serialization import read_adapter, save_adapter, write_json
+from crawd.storage import read_adapter, save_adapter, write_json
 
 STAGING = ".staging"
 RUN_FILE = "crawd_run.json"  # the method (and crawd's mode / head) of the run in a folder
@@ -259,13 +259,9 @@ def run_identity(method: str, config: CrawdConfig) -> dict[str, str]:
 
 
 def method_of(model: AdaptedModel) -> str:
-    """The method name of a model built without one given (``crawd``, ``vanilla`` or its class name)."""
-    from crawd.model import CrawdModel
-    from crawd.self_decay import SelfDecayModel
-
-    if isinstance(model, (CrawdModel, SelfDecayModel)):
-        return "crawd"
-    return "vanilla" if type(model) is AdaptedModel else type(model).__name__
+    """The method name of a model built without one given: the name it is saved as when its class sets one
+    (``vanilla``, ``crawd``), else its class name (the baselines, which save as ``vanilla``)."""
+    return model.saved_as if "saved_as" in vars(type(model)) else type(model).__name__
 
 
 def _earlier_identity(out_dir: Path) -> tuple[dict[str, str] | None, bool]:

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from fairlearn.metrics import MetricFrame, false_negative_rate, false_positive_rate
-from sklearn.metrics import accuracy_score
 from tqdm.auto import tqdm
 
 from crawd.metrics.loglik import length_batches, model_device
@@ -63,6 +61,10 @@ def group_metrics(y_true: Sequence, y_pred: Sequence, sensitive: Sequence,
     Returns scalars as Estimate dicts (``accuracy``, ``tpr_gap_rms``) or floats,
     and tables as lists of dicts / nested dicts.
     """
+    # imported here: fairlearn and scikit-learn take ~0.4 s, which every `crawd` command would pay
+    from fairlearn.metrics import MetricFrame, false_negative_rate, false_positive_rate
+    from sklearn.metrics import accuracy_score
+
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     sensitive = np.asarray(sensitive).astype(str)
     if not len(y_true) == len(y_pred) == len(sensitive) or len(y_true) == 0:
