@@ -26,7 +26,7 @@ EQUALIZE_POSITIONS = ("neutral", "all")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"lm": {}, "classification": {}},
     "debias": {
-        "lm": {"mode": "self", "erase": True, "equalize": 0.3, "equalize_positions": "all"},
+        "lm": {"mode": "self", "equalize": 0.3, "equalize_positions": "all"},
         "classification": {"mode": "self", "erase": True},
     },
 }
