@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 
 @pytest.fixture(scope="module")
 def result():
-    return bench.run_bench(random_config="tiny", heads=("residual", "concat", "self"), batch=2, seq_len=16, ref_len=3, repeats=2, warmup=1,
+    return bench.run_bench(random_config="tiny", heads=("residual", "concat", "self", "debias"), batch=2, seq_len=16, ref_len=3, repeats=2, warmup=1,
                            gen_tokens=4, gen_repeats=2, gen_prompt_len=4, memory=False, device="cpu", threads=1,
                            verbose=False)
 
@@ -21,16 +21,18 @@ def result():
 def test_run_bench_keys_and_ratios(result):
     assert {"machine", "versions", "settings", "train", "train_times", "generate", "memory", "parameters",
             "ratios", "seconds"} <= set(result)
-    assert set(result["train"]) == {"vanilla", "residual", "concat", "self"}
+    assert set(result["train"]) == {"vanilla", "residual", "concat", "self", "debias"}
     for stats in [*result["train"].values(), *result["generate"].values()]:
         assert 0 < stats["min"] <= stats["median"] <= stats["max"]
     assert result["settings"]["ref_len"] == 3 and result["memory"] is None
     names = {(r["name"], r["head"]) for r in result["ratios"]}
-    assert names == {(n, h) for n in ("train step time", "generation tokens/s") for h in ("residual", "concat", "self")}
+    assert names == {(n, h) for n in ("train step time", "generation tokens/s") for h in ("residual", "concat", "self", "debias")}
     for row in result["ratios"]:
         assert 0 < row["min"] <= row["pair_median"] <= row["max"]
         assert 0.05 < row["median"] < 20
         assert row["met"] in (True, False) if row["head"] != "concat" else row["met"] is None
+        assert row["target"] == ("<= 1.3" if (row["head"], row["key"]) == ("debias", "train_time") else
+                                 bench.TARGETS[row["key"]][0] + " " + f"{bench.TARGETS[row['key']][1]:g}")
     json.dumps(result)  # JSON-ready
 
 
@@ -43,6 +45,7 @@ def test_parameter_counts_match_the_built_models(result):
     assert p["variants"]["concat"]["head"] == 2 * d * vocab
     assert p["variants"]["residual"]["lora"] == p["variants"]["vanilla"]["lora"] > 0
     assert p["variants"]["self"]["new"] == 0  # fixed similarity scoring: no new trainable weights
+    assert p["variants"]["debias"]["new"] == 0  # the preset adds loss terms, no weights
 
 
 def test_ffn_width_for_one_percent():
@@ -76,7 +79,7 @@ def test_cli_bench_passes_its_options(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--random-config", "tiny", "--heads", "wide"])
     assert exit_info.value.code == 2
-    assert "error: unknown head 'wide': use residual, concat or self" in capsys.readouterr().out
+    assert "error: unknown head 'wide': use residual, concat, self, debias" in capsys.readouterr().out
 
 
 def test_random_model_is_built_on_the_target_device():

@@ -472,7 +472,7 @@ class BenchCommand(Settings):
     model: str = option("smollm2-135m", help="alias, local folder or hub id")
     random_config: str | None = option(None, help="random-weights Llama instead of --model: tiny or llama-1b")
     heads: tuple[str, ...] = option(("residual", "concat"),
-                                    help="CrAWD variants against vanilla: residual, concat, self")
+                                    help="CrAWD variants against vanilla: residual, concat, self, debias (the preset)")
     batch: int = option(8, help="training batch size")
     seq_len: int = option(128, help="training sequence length")
     padding: float = option(0.0, help="share of a training row that may be padding (right-padded rows of random "

@@ -30,7 +30,7 @@ BENCH_OPTIONS: dict[str, str] = {
     "random_config": "build a random-weights Llama instead of loading `model`: 'tiny' (tests), "
                      "'llama-1b' (~1.1B parameters, for GPUs) or a dict of LlamaConfig fields",
     "heads": "CrAWD variants to compare with vanilla: the head types residual and concat (default both) "
-             "and self (mode='self', the in-attention decay)",
+             "self (mode='self', the in-attention decay) and debias (the debias preset, its loss term included)",
     "batch": "training batch size B (default 8)",
     "seq_len": "training sequence length n (default 128)",
     "padding": "share of a training row that may be padding: rows get random lengths in [n (1 - padding), n] "
@@ -58,6 +58,9 @@ BENCH_OPTIONS: dict[str, str] = {
 
 #: Target ratios of issue 6 (name -> (comparison, bound)).
 TARGETS = {"train_time": ("<=", 1.03), "peak_memory": ("<=", 1.05), "gen_tokens_per_s": (">=", 0.97)}
+#: the debias preset adds a loss term; its step may cost more (issue 12)
+PRESET_TARGETS = {"debias": {"train_time": ("<=", 1.3)}}
+HEADS = ("residual", "concat", "self", "debias")
 
 
 def machine_info(device: torch.device | None = None) -> dict[str, Any]:
@@ -135,8 +138,8 @@ def run_bench(
     if not 0 <= padding < 1:
         raise ValueError(f"padding must be in [0, 1), got {padding}")
     for h in heads:
-        if h not in ("residual", "concat", "self"):
-            raise ValueError(f"unknown head {h!r}: use residual, concat or self")
+        if h not in HEADS:
+            raise ValueError(f"unknown head {h!r}: use {', '.join(HEADS)}")
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
@@ -215,11 +218,11 @@ def _run_bench(model, heads, batch, seq_len, ref_len, repeats, warmup, gen_token
             r = ratio(gen[h], gen["vanilla"])
             ratios.append({"name": "generation tokens/s", "key": "gen_tokens_per_s", "head": h, **r})
     for row in ratios:
-        op, bound = TARGETS[row["key"]]
+        op, bound = PRESET_TARGETS.get(row["head"], {}).get(row["key"], TARGETS[row["key"]])
         row["target"] = f"{op} {bound:g}"
         met = row["median"] <= bound if op == "<=" else row["median"] >= bound
         # the faithful concat head is not held to the targets (issue 6): reported only
-        row["met"] = bool(met) if row["head"] in ("residual", "self") else None
+        row["met"] = bool(met) if row["head"] != "concat" else None
 
     return {
         "machine": machine_info(dev),

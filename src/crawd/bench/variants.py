@@ -73,14 +73,17 @@ def load_base(model: str = "smollm2-135m", random_config: str | dict | None = No
 
 def build_variant(base, tokenizer, kind: str, ref_ids: torch.Tensor | None = None, seed: int = 0,
                   compile_block: bool = False, **config: Any):
-    """``vanilla`` (:func:`crawd.adapt`), a CrAWD head type or ``self`` (mode="self"), on a deep copy of
-    ``base``. ``ref_ids`` replaces the reference of the head types; ``self`` keeps the config's words."""
+    """``vanilla`` (:func:`crawd.adapt`), a CrAWD head type, ``self`` (mode="self") or ``debias`` (the
+    debias preset, its loss terms included), on a deep copy of ``base``. ``ref_ids`` replaces the
+    reference of the head types; ``self`` and ``debias`` keep the config's words."""
     torch.manual_seed(seed)  # the same LoRA and block initialisation every time
     base = copy.deepcopy(base)
     if kind == "vanilla":
         model = adapt(base, tokenizer, CrawdConfig(**config))
     elif kind == "self":
         model = wrap(base, tokenizer, CrawdConfig(mode="self", **config))
+    elif kind == "debias":
+        model = wrap(base, tokenizer, CrawdConfig.preset("debias", "lm", **config))
     else:
         model = wrap(base, tokenizer, CrawdConfig(head=kind, **config))
         if ref_ids is not None:
