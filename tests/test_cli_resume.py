@@ -98,3 +98,19 @@ def test_compare_reruns_what_was_asked_differently(tmp_path: Path, capsys: pytes
         " ".join(capsys.readouterr().out.split())
     assert json.loads(run_json.read_text())["train"]["steps"] == 2
     assert json.loads((out / "runs" / "vanilla-seed0.replaced-1" / "run.json").read_text()) == second
+
+
+def test_untrained_base_is_scored_once_for_all_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [ppl]\nseeds: [0, 1]\n"
+                      "settings: {max_steps: 1, batch_size: 4, seq_len: 16, save_steps: 1}\n"
+                      "crawd: {num_heads: 4}\nmethods: [base]\n")
+    out = tmp_path / "out"
+    assert run(["compare", "--config", config, "--out", out]) == 0
+    assert "base (seed 1): not trained, so the scores of seed 0 hold; copied" in capsys.readouterr().out
+    seed0, seed1 = (json.loads((out / "runs" / f"base-seed{s}" / "run.json").read_text()) for s in (0, 1))
+    assert seed1["seed"] == 1 and seed1["request"]["train"]["seed"] == 1
+    assert seed1["benchmarks"] == seed0["benchmarks"]
+    assert run(["compare", "--config", config, "--out", out]) == 0  # a rerun reads both
+    assert "finished earlier" in capsys.readouterr().out

@@ -174,6 +174,18 @@ def _earlier_request(run_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+def _scored_under_another_seed(out_dir: Path, spec: RunSpec, request: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished run of the same untrained method (``base``), asked the same way but under another
+    seed: the seed changes nothing in what is scored, so its record holds for this seed too."""
+    for done in sorted((out_dir / "runs").glob(f"{spec.name}-seed*/run.json")):
+        record = json.loads(done.read_text())
+        other = record.get("request") or {}
+        if ({**other.get("train", {}), "seed": spec.seed} == request["train"]
+                and other.get("eval") == request["eval"]):
+            return record
+    return None
+
+
 def _set_aside(run_dir: Path) -> Path:
     """Rename a run folder to the first free ``<name>.replaced-<k>`` beside it."""
     k = 1
@@ -230,6 +242,16 @@ def run_experiment(
                               + ", ".join(changed_keys(earlier["eval"], request["eval"]))
                               + "); scoring the trained model again", highlight=False, soft_wrap=True)
                 trained_earlier = json.loads(done_file.read_text()).get("train")
+        same = None if method.trains else _scored_under_another_seed(out_dir, spec, request)
+        if same is not None:
+            console.print(f"[dim]{spec.name} (seed {spec.seed}): not trained, so the scores of seed {same['seed']} "
+                          "hold; copied[/dim]")
+            record = {**same, "seed": spec.seed, "request": request}
+            write_json(run_dir / REQUEST_FILE, request)
+            write_json(done_file, record)
+            results["runs"].append(record)
+            write_json(out_dir / "results.json", results)
+            continue
         write_json(run_dir / REQUEST_FILE, request)
         console.rule(f"{spec.name} (seed {spec.seed})")
         set_seed(spec.seed)
