@@ -40,6 +40,13 @@ def test_class_logprobs_and_swap_by_hand():
     assert torch.allclose(got.exp().sum(), torch.tensor(1.0))
     assert classes.swap.tolist() == [0, 2, 1, 4, 3]
     assert classes.word_pairs.tolist() == [[1, 2], [3, 4]]
+    # the equalizing term's ratios, read from the pairs' logits only, are those of the class log-probabilities
+    batch = torch.randn(2, 3, 6)
+    full = classes.class_logprobs(batch)
+    expected_ratios = full[..., classes.word_pairs[:, 0]] - full[..., classes.word_pairs[:, 1]]
+    assert torch.allclose(classes.pair_logratios(batch), expected_ratios, atol=1e-6)
+    assert torch.allclose(classes.pair_logratios(logits), torch.stack([logp[1] - logp[2],
+                                                                        torch.logaddexp(logp[3], logp[4]) - logp[5]]))
 
 
 def test_symmetric_kl_by_hand():

@@ -161,7 +161,8 @@ class GenderedClasses(nn.Module):
 
     ``class_logprobs`` gives log-probabilities over the kept classes (K = V minus the
     merged-away tokens); ``swap`` (K,) maps each class to its gender counterpart;
-    ``word_pairs`` (P, 2) are the class indices of the paired gendered words (names excluded).
+    ``word_pairs`` (P, 2) are the class indices of the paired gendered words (names excluded);
+    ``pair_logratios`` their log-probability ratios, read from the pairs' own logits only.
     """
 
     def __init__(self, vocab_size: int, groups: list[tuple[list[int], list[int]]], word_tokens: set[int]) -> None:
@@ -179,16 +180,26 @@ class GenderedClasses(nn.Module):
         position = torch.full((vocab_size,), -1, dtype=torch.long)
         position[kept] = torch.arange(len(kept))
         swap = torch.arange(len(kept))
-        pairs = []
+        pairs, pair_sides = [], []
         for a, b in groups:
             swap[position[a[0]]], swap[position[b[0]]] = position[b[0]], position[a[0]]
             if set(a + b) & word_tokens:
                 pairs.append((int(position[a[0]]), int(position[b[0]])))
+                pair_sides.append((a, b))
+        side_width = max((len(side) for sides in pair_sides for side in sides), default=1)
+        pair_tokens = torch.zeros((len(pair_sides), 2, side_width), dtype=torch.long)
+        pair_valid = torch.zeros((len(pair_sides), 2, side_width), dtype=torch.bool)
+        for row, sides in enumerate(pair_sides):
+            for column, side in enumerate(sides):
+                pair_tokens[row, column, :len(side)] = torch.tensor(side)
+                pair_valid[row, column, :len(side)] = True
         self.register_buffer("members", members, persistent=False)
         self.register_buffer("merged_rep", torch.tensor([side[0] for side in merged], dtype=torch.long), persistent=False)
         self.register_buffer("kept", kept, persistent=False)
         self.register_buffer("swap", swap, persistent=False)
         self.register_buffer("word_pairs", torch.tensor(pairs, dtype=torch.long).view(-1, 2), persistent=False)
+        self.register_buffer("pair_tokens", pair_tokens, persistent=False)
+        self.register_buffer("pair_valid", pair_valid, persistent=False)
 
     def class_logprobs(self, logits: torch.Tensor) -> torch.Tensor:
         logp = logits.float().log_softmax(-1)
@@ -196,6 +207,14 @@ class GenderedClasses(nn.Module):
             padded = F.pad(logp, (0, 1), value=float("-inf"))
             logp = logp.index_copy(-1, self.merged_rep, padded[..., self.members].logsumexp(-1))
         return logp[..., self.kept]
+
+
+    def pair_logratios(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., P): log P(one side) - log P(the other) for each paired word. The softmax normaliser
+        cancels in the difference, so only the pairs' logits are read (no pass over the vocabulary)."""
+        scores = logits[..., self.pair_tokens].float().masked_fill(~self.pair_valid, float("-inf"))
+        sides = scores.logsumexp(-1)
+        return sides[..., 0] - sides[..., 1]
 
 
 def symmetric_kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -255,11 +274,10 @@ class DebiasObjective(nn.Module):
             total = total + self.counterfactual * symmetric_kl(p_log, q_log).mean()
         if self.equalize > 0:
             if self.equalize_positions == "neutral":
-                chosen = [probe_logits[probe_mask.bool()]] if probe_logits is not None else []
+                chosen = [(probe_logits, probe_mask)] if probe_logits is not None else []
             else:
-                chosen = [logits[mask.bool()]] + ([twin_logits[twin_mask.bool()]] if twin_logits is not None else [])
-            if chosen and sum(len(c) for c in chosen):
-                logp = self.classes.class_logprobs(torch.cat(chosen))
-                pairs = self.classes.word_pairs
-                total = total + self.equalize * (logp[:, pairs[:, 0]] - logp[:, pairs[:, 1]]).abs().mean()
+                chosen = [(logits, mask)] + ([(twin_logits, twin_mask)] if twin_logits is not None else [])
+            gaps = [self.classes.pair_logratios(part)[part_mask.bool()] for part, part_mask in chosen]
+            if gaps and sum(len(g) for g in gaps):
+                total = total + self.equalize * torch.cat(gaps).abs().mean()
         return total
