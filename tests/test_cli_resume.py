@@ -19,12 +19,18 @@ def run(argv: list[object]) -> int:
     return 0
 
 
-def test_seeds_split_across_calls_end_in_one_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def two_seed_config(tmp_path: Path, method: str) -> Path:
+    """A compare config: the tiny model, ppl, seeds 0 and 1, one step of ``method``."""
     model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
     config = tmp_path / "tiny.yaml"
     config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [ppl]\nseeds: [0, 1]\n"
                       "settings: {max_steps: 1, batch_size: 4, seq_len: 16, save_steps: 1}\n"
-                      "crawd: {num_heads: 4}\nmethods: [vanilla]\n")
+                      f"crawd: {{num_heads: 4}}\nmethods: [{method}]\n")
+    return config
+
+
+def test_seeds_split_across_calls_end_in_one_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    config = two_seed_config(tmp_path, "vanilla")
     out = tmp_path / "out"
     assert run(["compare", "--config", config, "--out", out, "--seeds", "1"]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["vanilla-seed1"]
@@ -101,11 +107,7 @@ def test_compare_reruns_what_was_asked_differently(tmp_path: Path, capsys: pytes
 
 
 def test_untrained_base_is_scored_once_for_all_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [ppl]\nseeds: [0, 1]\n"
-                      "settings: {max_steps: 1, batch_size: 4, seq_len: 16, save_steps: 1}\n"
-                      "crawd: {num_heads: 4}\nmethods: [base]\n")
+    config = two_seed_config(tmp_path, "base")
     out = tmp_path / "out"
     assert run(["compare", "--config", config, "--out", out]) == 0
     assert "base (seed 1): not trained, so the scores of seed 0 hold; copied" in capsys.readouterr().out
