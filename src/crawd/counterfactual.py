@@ -208,7 +208,6 @@ class GenderedClasses(nn.Module):
             logp = logp.index_copy(-1, self.merged_rep, padded[..., self.members].logsumexp(-1))
         return logp[..., self.kept]
 
-
     def pair_logratios(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., P): log P(one side) - log P(the other) for each paired word. The softmax normaliser
         cancels in the difference, so only the pairs' logits are read (no pass over the vocabulary)."""
