@@ -29,7 +29,7 @@ BENCH_OPTIONS: dict[str, str] = {
     "model": "base model: an alias (smollm2-135m), a local folder or a hub id (default smollm2-135m)",
     "random_config": "build a random-weights Llama instead of loading `model`: 'tiny' (tests), "
                      "'llama-1b' (~1.1B parameters, for GPUs) or a dict of LlamaConfig fields",
-    "heads": "CrAWD variants to compare with vanilla: the head types residual and concat (default both) "
+    "heads": "CrAWD variants to compare with vanilla: the head types residual and concat (default both), "
              "self (mode='self', the in-attention decay) and debias (the debias preset, its loss term included)",
     "batch": "training batch size B (default 8)",
     "seq_len": "training sequence length n (default 128)",
