@@ -265,7 +265,8 @@ def load_config(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", ["bios-generation", "occupation-classification", "madlibs-toxicity",
-                                  "self-vs-cross-generation", "ablation-grid"])
+                                  "self-vs-cross-generation", "ablation-grid", "mitigation",
+                                  "mitigation-classification"])
 def test_configs_are_valid_and_quick_is_tiny(name):
     from crawd.experiment import HEADLINES
     from crawd.metrics import BENCHMARKS
@@ -288,6 +289,18 @@ def test_configs_are_valid_and_quick_is_tiny(name):
     assert all(b in BENCHMARKS for b in spec["benchmarks"])
     headline_names = {h for b in spec["benchmarks"] for h, _ in HEADLINES[b]}
     assert set(spec["tradeoff"]) <= headline_names
+
+
+@pytest.mark.parametrize("name", ["mitigation-selection", "mitigation-selection-classification"])
+def test_selection_configs_score_the_validation_split_only(name):
+    from crawd.settings import expand_methods
+
+    spec = load_config(name)
+    assert spec["eval_split"] == "validation" and spec["data_options"]["n_val"] > 0
+    base = CrawdConfig.from_dict(spec.get("crawd", {}))
+    for entry in expand_methods(spec["methods"]):
+        get_method(entry["method"])
+        CrawdConfig.from_dict({**base.to_dict(), **entry.get("overrides", {})})
 
 
 def test_ablation_grid_covers_the_papers_ranges():
