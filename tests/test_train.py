@@ -73,6 +73,19 @@ def test_killed_run_resumes_to_the_same_adapter(tmp_path, monkeypatch):
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-6
 
 
+def test_a_finished_run_is_not_trained_again(tmp_path):
+    first = train(build(), make_tokenizer(), lm_data(), tmp_path / "run", TrainSettings(**SETTINGS))
+    saved = load_file(str(tmp_path / "run" / "adapter" / "crawd_adapter.safetensors"))
+    model = build(seed=123)
+    again = train(model, make_tokenizer(), lm_data(), tmp_path / "run", TrainSettings(**SETTINGS))
+    assert again.steps == first.steps == 6 and again.resumed_from.endswith("checkpoint-6")
+    assert again.final_loss == first.final_loss and again.loss_history == first.loss_history
+    assert not (tmp_path / "run" / "checkpoint-7").exists()
+    assert load_file(str(tmp_path / "run" / "adapter" / "crawd_adapter.safetensors")).keys() == saved.keys()
+    weights = model.trainable_state_dict()
+    assert max((weights[k] - saved[k]).abs().max().item() for k in saved) == 0  # the model holds the trained weights
+
+
 def test_half_written_checkpoint_is_ignored(tmp_path):
     out = tmp_path / "run"
     (out / ".staging" / "checkpoint-5").mkdir(parents=True)

@@ -377,6 +377,12 @@ def train(
     trainer = CrawdTrainer(model=model, args=args, train_dataset=tokenized, data_collator=collator,
                            callbacks=callbacks)
     resume = get_last_checkpoint(str(out_dir))
+    summary_file = out_dir / "train_summary.json"
+    if resume is not None and int(Path(resume).name.rsplit("-", 1)[1]) >= settings.max_steps and summary_file.is_file():
+        # a finished run: the stock Trainer would take one more step from its last checkpoint
+        trainer._load_from_checkpoint(resume)
+        model.eval()
+        return TrainResult(**{**json.loads(summary_file.read_text()), "resumed_from": resume, "seconds": 0.0})
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - start
@@ -395,7 +401,7 @@ def train(
         examples=examples,
     )
     if trainer.args.should_save:
-        (out_dir / "train_summary.json").write_text(json.dumps(asdict(result), indent=2))
+        write_json(summary_file, asdict(result))
     if not math.isfinite(result.final_loss):
         raise FloatingPointError(f"training ended with a non-finite loss ({result.final_loss})")
     return result
