@@ -118,6 +118,21 @@ def test_equalizing_term_by_hand(tokenizer):
         pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.parametrize("mode", ["cross", "self"])
+def test_equalizing_at_every_position_adds_its_term_in_either_mode(tokenizer, mode):
+    model = objective_model(tokenizer, mode=mode, equalize=1.0, equalize_positions="all", lora_dropout=0.0)
+    plain = objective_model(tokenizer, mode=mode, lora_dropout=0.0)
+    plain.load_state_dict(model.state_dict())
+    encoded = tokenizer(["the nurse said that she works"], return_tensors="pt")
+    ids, mask = encoded["input_ids"], encoded["attention_mask"]
+    model.train(), plain.train()
+    loss = model(input_ids=ids, attention_mask=mask, labels=ids).loss
+    without = plain(input_ids=ids, attention_mask=mask, labels=ids)
+    term = model.objective.loss(without.logits, mask)
+    assert term.item() > 0
+    assert loss.item() == pytest.approx((without.loss + term).item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("fields", [{"counterfactual": 1.0}, {"counterfactual": 1.0, "head": "residual"},
                                     {"counterfactual": 1.0, "mode": "self"}, {"equalize": 1.0},
                                     {"equalize": 1.0, "equalize_positions": "all", "counterfactual": 1.0}])

@@ -123,12 +123,15 @@ class CrawdModel(AdaptedModel):
         """As :meth:`AdaptedModel.forward`. When H_b is not served from the eval cache (training, or
         gradients on), it comes from the same backbone call as H_x (:meth:`encode_with_reference`).
 
-        That shared call returns no KV cache (``past_key_values`` is None); generation and calls with
-        backbone options (``kwargs``) take the two-call path."""
+        That shared call returns no KV cache (``past_key_values`` is None); generation, calls with
+        backbone options (``kwargs``) and training with debiasing terms (which add their own rows)
+        take the two-call path."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs.pop("num_items_in_batch", None)  # passed by the Trainer
-        joint = None if kwargs or self._cacheable() else self.encode_with_reference(input_ids, attention_mask)
+        debiasing = self.objective is not None and self.training and labels is not None
+        joint = (None if kwargs or debiasing or self._cacheable()
+                 else self.encode_with_reference(input_ids, attention_mask))
         if joint is None:
             return super().forward(input_ids, attention_mask, labels, **kwargs)
         hidden, h_b = joint
