@@ -118,6 +118,31 @@ def test_equalizing_term_by_hand(tokenizer):
         pytest.approx(expected, rel=1e-5)
 
 
+def test_rows_twins_and_probes_share_one_backbone_pass(tokenizer, monkeypatch):
+    model = crawd.adapt(tiny_model("llama"), tokenizer, CrawdConfig(counterfactual=1.0, equalize=1.0,
+                                                                     lora_dropout=0.0)).train()
+    batch = collator(tokenizer, twins=True, probes=True)(
+        [dict(tokenizer(t)) for t in ("the nurse said that she works", "a doctor is a man")])
+    calls = []
+    encode = model.encode
+    monkeypatch.setattr(model, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
+    loss = model(**batch).loss
+    assert len(calls) == 1
+
+    def logits(ids, mask):
+        return model.head(encode(ids, mask).last_hidden_state, mask)
+
+    own = logits(batch["input_ids"], batch["attention_mask"])
+    twin = logits(batch["twin_input_ids"], batch["twin_attention_mask"])
+    probe = logits(batch["probe_input_ids"], batch["probe_attention_mask"])
+    sums = [torch.nn.functional.cross_entropy(out[:, :-1].flatten(0, 1), labels[:, 1:].flatten(), reduction="sum")
+            for out, labels in ((own, batch["labels"]), (twin, batch["twin_labels"]))]
+    count = sum((labels[:, 1:] != -100).sum() for labels in (batch["labels"], batch["twin_labels"]))
+    term = model.objective.loss(own, batch["attention_mask"], twin, batch["twin_attention_mask"],
+                                batch["twin_source"], probe, batch["probe_attention_mask"])
+    assert loss.item() == pytest.approx((sum(sums) / count + term).item(), rel=1e-5)
+
+
 @pytest.mark.parametrize("mode", ["cross", "self"])
 def test_equalizing_at_every_position_adds_its_term_in_either_mode(tokenizer, mode):
     model = objective_model(tokenizer, mode=mode, equalize=1.0, equalize_positions="all", lora_dropout=0.0)

@@ -235,35 +235,39 @@ class AdaptedModel(nn.Module):
 
     def debiased_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                          twins: dict[str, torch.Tensor], **kwargs: Any) -> CausalLMOutputWithPast | SequenceClassifierOutput:
-        """Training forward with the debiasing terms: rows and their twins in one backbone pass, the
-        neutral probes (if any) in a second, short one."""
+        """Training forward with the debiasing terms: the rows, their twins and the neutral probes (if
+        any) stacked into one right-padded batch, one backbone pass; probes add nothing to the task loss."""
         batch, length = input_ids.shape
-        ids, mask, all_labels = input_ids, attention_mask, labels
-        probe_logits = probe_mask = None
-        if "probe_input_ids" in twins:
-            probe_ids, probe_mask = twins.pop("probe_input_ids"), twins.pop("probe_attention_mask")
-            probe_logits = self.head(self.encode(probe_ids, probe_mask).last_hidden_state, probe_mask)
-        if twins:
-            width = max(length, twins["twin_input_ids"].shape[1])
+        lm = self.task == "lm"
+        parts = [(input_ids, attention_mask, labels)]
+        if "twin_input_ids" in twins:
+            parts.append((twins["twin_input_ids"], twins["twin_attention_mask"], twins["twin_labels"]))
+        if "probe_input_ids" in twins:  # causal LMs only
+            probe_ids = twins["probe_input_ids"]
+            parts.append((probe_ids, twins["probe_attention_mask"], torch.full_like(probe_ids, -100)))
+        width = max(ids.shape[1] for ids, _, _ in parts)
 
-            def cat(own: torch.Tensor, twin: torch.Tensor, value: int) -> torch.Tensor:
-                return torch.cat([F.pad(own, (0, width - own.shape[1]), value=value),
-                                  F.pad(twin, (0, width - twin.shape[1]), value=value)])
+        def stacked(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
+            return torch.cat([F.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
 
-            ids = cat(input_ids, twins["twin_input_ids"], 0)
-            mask = cat(attention_mask, twins["twin_attention_mask"].to(attention_mask.dtype), 0)
-            all_labels = (cat(labels, twins["twin_labels"], -100) if self.task == "lm"
-                          else torch.cat([labels, twins["twin_labels"]]))
-            if "token_type_ids" in kwargs:  # one segment: the twins' are zeros as well
-                kwargs["token_type_ids"] = cat(kwargs["token_type_ids"], torch.zeros_like(twins["twin_input_ids"]), 0)
+        ids = stacked([p[0] for p in parts], 0)
+        mask = stacked([p[1].to(attention_mask.dtype) for p in parts], 0)
+        all_labels = stacked([p[2] for p in parts], -100) if lm else torch.cat([p[2] for p in parts])
+        if "token_type_ids" in kwargs:  # one segment: the twins' are zeros as well
+            kwargs["token_type_ids"] = stacked([kwargs["token_type_ids"]]
+                                               + [torch.zeros_like(p[0]) for p in parts[1:]], 0)
         out = self.encode(ids, mask, **kwargs)
         logits = self.head(out.last_hidden_state, mask)
-        own = logits[:batch, :length] if self.task == "lm" else logits[:batch]
-        twin_logits = None
-        if twins:
-            twin_logits = logits[batch:, :twins["twin_input_ids"].shape[1]] if self.task == "lm" else logits[batch:]
+        pieces, start = [], 0
+        for part_ids, _, _ in parts:
+            rows = logits[start:start + len(part_ids)]
+            pieces.append(rows[:, :part_ids.shape[1]] if lm else rows)
+            start += len(part_ids)
+        own = pieces[0]
+        twin_logits = pieces[1] if "twin_input_ids" in twins else None
+        probe_logits = pieces[-1] if "probe_input_ids" in twins else None
         term = self.objective.loss(own, attention_mask, twin_logits, twins.get("twin_attention_mask"),
-                                   twins.get("twin_source"), probe_logits, probe_mask)
+                                   twins.get("twin_source"), probe_logits, twins.get("probe_attention_mask"))
         return self.output(self.task_loss(logits, all_labels) + term, own, out)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
