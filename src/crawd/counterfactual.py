@@ -3,7 +3,7 @@
 Twins (:class:`DebiasCollator`): each training row's text with its gendered words and first
 names swapped, tokenized again and aligned to the row token by token; they ride in the same
 batch. Probes: each row's text with gender-neutral first names, cut before its first gendered
-word, run in a short second pass. The consistency term makes a row's and its twin's next-token
+word, in the same batch. The consistency term makes a row's and its twin's next-token
 distributions agree up to the swap; the equalizing term (Qian et al. 2019) pushes the paired
 gendered words' probabilities together. docs/method.md says why each is built this way.
 """
