@@ -85,6 +85,7 @@ def test_hide_title_removes_every_occupation_name_and_keeps_the_draws() -> None:
         assert not any(f" {t} " in after or f" {t}." in after or f" {t}," in after for t in titles)
 
 
+@needs_shared
 def test_train_share_of_women_follows_the_statistics() -> None:
     shares = female_share(str(SHARED_DATA))
     data = synthetic_bios(n_train=2800, n_test=560, data_dir=str(SHARED_DATA))
