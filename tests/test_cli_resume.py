@@ -106,6 +106,23 @@ def test_compare_reruns_what_was_asked_differently(tmp_path: Path, capsys: pytes
     assert json.loads((out / "runs" / "vanilla-seed0.replaced-1" / "run.json").read_text()) == second
 
 
+def test_a_run_from_before_a_config_field_was_added_is_reused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [ppl]\nseeds: [0]\n"
+                      "settings: {max_steps: 1, batch_size: 4, seq_len: 16, save_steps: 1}\n"
+                      "crawd: {num_heads: 4}\nmethods: [vanilla]\n")
+    out = tmp_path / "out"
+    assert run(["compare", "--config", config, "--out", out]) == 0
+    run_json = out / "runs" / "vanilla-seed0" / "run.json"
+    record = json.loads(run_json.read_text())
+    del record["request"]["train"]["config"]["neutralize"]  # as written before the field existed
+    run_json.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run(["compare", "--config", config, "--out", out]) == 0
+    assert "finished earlier" in capsys.readouterr().out and not (out / "runs" / "vanilla-seed0.replaced-1").exists()
+
+
 def test_untrained_base_is_scored_once_for_all_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = two_seed_config(tmp_path, "base")
     out = tmp_path / "out"

@@ -166,11 +166,17 @@ def changed_keys(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> 
 
 
 def _earlier_request(run_dir: Path) -> dict[str, Any] | None:
+    """The request recorded in ``run_dir``; config fields added to crawd since then read as their
+    defaults (a new field's default keeps the old behaviour, so such a run was asked the same way)."""
     for name in ("run.json", REQUEST_FILE):
         path = run_dir / name
         if path.is_file():
             stored = json.loads(path.read_text())
-            return stored.get("request") if name == "run.json" else stored
+            request = stored.get("request") if name == "run.json" else stored
+            if request and isinstance(request.get("train", {}).get("config"), dict):
+                defaults = json.loads(json.dumps(CrawdConfig().to_dict(), default=str))
+                request["train"]["config"] = {**defaults, **request["train"]["config"]}
+            return request
     return None
 
 
