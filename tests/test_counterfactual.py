@@ -12,7 +12,7 @@ from datasets import Dataset
 import crawd
 from crawd import CrawdConfig
 from crawd.counterfactual import DebiasCollator, GenderedClasses, align, bipartite_groups, symmetric_kl, token_pairs
-from crawd.lexicon import gender_lexicon
+from crawd.lexicon import gender_lexicon, unnamed
 from crawd.train import Collator, TrainSettings, train
 
 
@@ -60,9 +60,9 @@ def objective_model(tokenizer, **fields):
     return crawd.wrap(tiny_model("llama"), tokenizer, CrawdConfig(num_heads=4, **fields))
 
 
-def collator(tokenizer, twins=True, probes=False):
+def collator(tokenizer, twins=True, probes=False, probe_subject="name"):
     swaps, names = gender_lexicon(None)
-    return DebiasCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm", twins, probes)
+    return DebiasCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm", twins, probes, probe_subject)
 
 
 def test_twin_collator_swaps_and_aligns(tokenizer):
@@ -82,6 +82,21 @@ def test_probes_are_the_prefixes_before_the_first_gendered_word(tokenizer):
                                                                        batch["probe_attention_mask"])]
     assert probes == ["the nurse said that", ""]  # a row that opens with a gendered word has no probe
     assert "twin_input_ids" not in batch
+    swaps, names = gender_lexicon(None)
+    quarter = DebiasCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm", False, True, probe_share=0.25)
+    features = [dict(tokenizer(t)) for t in ("the nurse said that she works", "the doctor said that he works") * 4]
+    assert quarter(features)["probe_input_ids"].shape[0] == 2  # ceil(0.25 * 8) rows get a probe
+    person = collator(tokenizer, twins=False, probes=True, probe_subject="person")
+    person.text = lambda ids: "Mary Smith said that she works"  # names are not in the tiny vocabulary
+    assert person.probe_ids([0]) == person.encode("The person said that")
+
+
+def test_person_probes_name_nobody():
+    _, names = gender_lexicon(None)
+    text = "Based in Paris, Mary Smith is a nurse. Today Mary works late, and John helps her."
+    assert unnamed(text, names) == ("Based in Paris, the person is a nurse. Today the person works late, "
+                                    "and the person helps her.")
+    assert unnamed("Mary is a nurse.", names) == "The person is a nurse."
 
 
 def test_consistency_at_a_neutral_position_is_the_kl_to_the_swapped_distribution(tokenizer):
@@ -116,6 +131,25 @@ def test_equalizing_term_by_hand(tokenizer):
     assert neutral.loss(logits, torch.ones(2, 3), probe_logits=flat, probe_mask=torch.ones(1, 2)).item() == 0
     assert neutral.loss(flat, torch.ones(1, 2), probe_logits=logits, probe_mask=torch.ones(2, 3)).item() == \
         pytest.approx(expected, rel=1e-5)
+
+
+def test_open_equalizing_and_neutralizing_by_hand(tokenizer):
+    objective = objective_model(tokenizer, equalize=0.5, equalize_positions="open", neutralize=0.2).objective
+    paired = objective.classes.pair_tokens[objective.classes.pair_valid].unique()
+    he, she = tokenizer.convert_tokens_to_ids(["he", "she"])
+    logits = torch.zeros(1, 2, len(tokenizer))
+    logits[..., paired] = -30.0  # the second position: no gendered word is likely
+    logits[0, 0, he], logits[0, 0, she] = math.log(3.0), 0.0  # the first: P(he) = 3 P(she)
+    mass = 4.0 / (len(tokenizer) - len(paired) + 4.0)
+    swap_kl = (0.75 - 0.25) * math.log(3.0)
+    term = objective.loss(torch.zeros(1, 1, len(tokenizer)), torch.ones(1, 1), probe_logits=logits,
+                          probe_mask=torch.ones(1, 2))
+    # the second position weighs ~e-30 in the equalizing mean; neutralizing: -log(1 - P(gendered)) summed per probe
+    assert term.item() == pytest.approx(0.5 * swap_kl + 0.2 * -math.log(1 - mass), rel=1e-4)
+    # the rows' own positions never count: only probes leave the gender open
+    assert objective.loss(logits, torch.ones(1, 2)).item() == 0
+    with pytest.raises(ValueError, match="neutralize applies to causal LMs only"):
+        crawd.wrap(tiny_model("bert", "classification"), tokenizer, CrawdConfig(num_heads=4, neutralize=1.0))
 
 
 def test_rows_twins_and_probes_share_one_backbone_pass(tokenizer, monkeypatch):
@@ -160,7 +194,8 @@ def test_equalizing_at_every_position_adds_its_term_in_either_mode(tokenizer, mo
 
 @pytest.mark.parametrize("fields", [{"counterfactual": 1.0}, {"counterfactual": 1.0, "head": "residual"},
                                     {"counterfactual": 1.0, "mode": "self"}, {"equalize": 1.0},
-                                    {"equalize": 1.0, "equalize_positions": "all", "counterfactual": 1.0}])
+                                    {"equalize": 1.0, "equalize_positions": "all", "counterfactual": 1.0},
+                                    {"equalize": 1.0, "equalize_positions": "open", "neutralize": 1.0, "mode": "self"}])
 def test_terms_reach_the_trained_weights_and_leave_inference_alone(tokenizer, fields):
     model = objective_model(tokenizer, **fields)
     plain = objective_model(tokenizer, **{k: v for k, v in fields.items() if k in ("head", "mode")})
@@ -216,6 +251,10 @@ def test_bad_weights_are_refused():
         CrawdConfig(counterfactual=-1)
     with pytest.raises(ValueError, match="equalize_positions must be one of"):
         CrawdConfig(equalize_positions="some")
+    with pytest.raises(ValueError, match="neutralize must be a weight >= 0"):
+        CrawdConfig(neutralize=-0.5)
+    with pytest.raises(ValueError, match=r"probe_share must be in \(0, 1\], got 0"):
+        CrawdConfig(probe_share=0)
 
 
 def test_a_classifier_trains_with_its_twins(tmp_path, tokenizer):

@@ -15,10 +15,11 @@ from crawd.settings import expand_methods
 
 
 def test_preset_gives_its_settings_for_the_task_then_the_overrides():
-    for task in ("lm", "classification"):
-        config = CrawdConfig.preset("debias", task)
-        for key, value in PRESETS["debias"][task].items():
-            assert getattr(config, key) == value
+    for name in ("debias", "neutral"):
+        for task in ("lm", "classification"):
+            config = CrawdConfig.preset(name, task)
+            for key, value in PRESETS[name][task].items():
+                assert getattr(config, key) == value
     assert CrawdConfig.preset("paper") == CrawdConfig()
     assert CrawdConfig.preset("debias", decay=0.5).decay == 0.5
     with pytest.raises(ValueError, match="unknown preset 'fair'; choose from paper, debias"):
@@ -27,15 +28,16 @@ def test_preset_gives_its_settings_for_the_task_then_the_overrides():
         CrawdConfig.preset("debias", "ner")
 
 
-def test_train_cli_takes_a_preset_and_lets_given_flags_override_it(tmp_path, monkeypatch):
+@pytest.mark.parametrize("preset", ["debias", "neutral"])
+def test_train_cli_takes_a_preset_and_lets_given_flags_override_it(tmp_path, monkeypatch, preset):
     monkeypatch.chdir(tmp_path)
     save_tiny_model(Path("tiny"))
     write_csv(Path("data.csv"))
     main(["train", "--model", "tiny", "--data", "data.csv", "--out", "run", "--max-steps", "1", "--batch-size", "4",
-          "--seq-len", "16", "--preset", "debias", "--decay", "0.5"])
+          "--seq-len", "16", "--preset", preset, "--decay", "0.5"])
     saved = json.loads(Path("run/adapter/crawd_config.json").read_text())["crawd"]
-    expected = CrawdConfig.preset("debias", "lm", decay=0.5).to_dict()
-    assert {k: saved[k] for k in PRESETS["debias"]["lm"]} == {k: expected[k] for k in PRESETS["debias"]["lm"]}
+    expected = CrawdConfig.preset(preset, "lm", decay=0.5).to_dict()
+    assert {k: saved[k] for k in PRESETS[preset]["lm"]} == {k: expected[k] for k in PRESETS[preset]["lm"]}
     assert saved["decay"] == 0.5 and saved["top_k"] == 0.4  # given flag wins; the rest is the default
 
 

@@ -18,7 +18,8 @@ from crawd.sensitive import GROUPS
 HEADS = ("concat", "residual")
 SCOPES = ("example", "row")
 MODES = ("cross", "self")
-EQUALIZE_POSITIONS = ("neutral", "all")
+EQUALIZE_POSITIONS = ("neutral", "all", "open")
+PROBE_SUBJECTS = ("name", "person")
 
 
 #: Named settings, one per task, that ``CrawdConfig.preset(name, task)`` and ``--preset NAME`` give
@@ -27,6 +28,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"lm": {}, "classification": {}},
     "debias": {
         "lm": {"mode": "self", "equalize": 0.3, "equalize_positions": "all"},
+        "classification": {"mode": "self", "erase": True},
+    },
+    "neutral": {
+        "lm": {"mode": "self", "equalize": 0.3, "equalize_positions": "open", "neutralize": 0.3,
+               "probe_subject": "person"},
         "classification": {"mode": "self", "erase": True},
     },
 }
@@ -71,8 +77,16 @@ class CrawdConfig:
         equalize: weight of the equalizing loss of Qian et al. (2019) (0: off): |log P(she) -
             log P(he)| and the like for every pair of gendered words.
         equalize_positions: ``"neutral"`` (every position of neutral probes: each row's text
-            with neutral first names, cut before its first gendered word) or ``"all"`` (every
-            position of the rows, as Qian et al.).
+            with the person's gender hidden, cut before its first gendered word), ``"all"`` (every
+            position of the rows, as Qian et al.) or ``"open"`` (the probes' positions, each
+            weighted by the probability that a gendered word comes next, with the symmetric KL
+            between the next gendered word's distribution and its gender swap).
+        neutralize: weight of the neutralizing term (0: off): at each probe position,
+            -log(1 - P(the next word is gendered)); a gender the text never gave is not assumed.
+        probe_subject: how a probe hides the person's gender: ``"name"`` (first names replaced
+            by gender-neutral ones) or ``"person"`` (first name and surname replaced by "the person").
+        probe_share: the share of a batch's rows that get a probe, in (0, 1] (the probe terms are
+            means over probes: fewer probes give the same expected term at a lower cost per step).
         erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden
             states and apply it to H_x before the block and head (:mod:`crawd.erasure`).
         erase_column: the training data's column holding the sensitive attribute.
@@ -101,6 +115,9 @@ class CrawdConfig:
     counterfactual: float = 0.0
     equalize: float = 0.0
     equalize_positions: str = "neutral"
+    neutralize: float = 0.0
+    probe_subject: str = "name"
+    probe_share: float = 1.0
     erase: bool = False
     erase_column: str = "gender"
     erase_refit_steps: int = 50
@@ -122,6 +139,9 @@ class CrawdConfig:
         if any(not w.strip() for w in self.sensitive_words):
             raise ValueError("sensitive_words: empty word in the list")
         _check_range("top_k", self.top_k, 0.0, 1.0)
+        _check_range("probe_share", self.probe_share, 0.0, 1.0)
+        if self.probe_share == 0:
+            raise ValueError("probe_share must be in (0, 1], got 0")
         _check_range("decay", self.decay, 0.0, 1.0)
         _check_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
         _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
@@ -129,7 +149,8 @@ class CrawdConfig:
         _check_choice("topk_scope", self.topk_scope, SCOPES)
         _check_choice("mode", self.mode, MODES)
         _check_choice("equalize_positions", self.equalize_positions, EQUALIZE_POSITIONS)
-        for name in ("counterfactual", "equalize"):
+        _check_choice("probe_subject", self.probe_subject, PROBE_SUBJECTS)
+        for name in ("counterfactual", "equalize", "neutralize"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be a weight >= 0, got {value!r}")

@@ -1,16 +1,19 @@
-"""Counterfactual twins, neutral probes, and the loss terms built on them (``counterfactual``, ``equalize``).
+"""Counterfactual twins, neutral probes, and the loss terms built on them.
 
 Twins (:class:`DebiasCollator`): each training row's text with its gendered words and first
 names swapped, tokenized again and aligned to the row token by token; they ride in the same
-batch. Probes: each row's text with gender-neutral first names, cut before its first gendered
-word, in the same batch. The consistency term makes a row's and its twin's next-token
-distributions agree up to the swap; the equalizing term (Qian et al. 2019) pushes the paired
-gendered words' probabilities together. docs/method.md says why each is built this way.
+batch. Probes: each row's text with the person's gender hidden (gender-neutral first names, or
+"the person" for the name), cut before its first gendered word, in the same batch. The
+consistency term makes a row's and its twin's next-token distributions agree up to the swap;
+the equalizing term (Qian et al. 2019) pushes the paired gendered words' probabilities
+together; the neutralizing term lowers the probability of any gendered word at the probes.
+docs/method.md says why each is built this way.
 """
 
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
-from crawd.lexicon import first_gendered, neutral_names, swap_text
+from crawd.lexicon import first_gendered, neutral_names, swap_text, unnamed
 
 #: Pronouns whose swap depends on context (see :func:`crawd.lexicon.swap_text`), as word pairs.
 PRONOUN_PAIRS = (("his", "her"), ("him", "her"), ("his", "hers"))
@@ -54,16 +57,17 @@ class DebiasCollator:
     ``twins``: ``twin_input_ids``, ``twin_attention_mask``, ``twin_labels`` (causal LMs: the
     twin's ids where the original target was supervised, else -100; classifiers: the row's
     label) and ``twin_source`` (aligned row position per twin position, -1 none).
-    ``probes``: ``probe_input_ids``, ``probe_attention_mask``: the row's text with gender-neutral
-    first names, cut before its first gendered word, so that every position of a probe has a
+    ``probes``: ``probe_input_ids``, ``probe_attention_mask``: the row's text with the gender hidden
+    (``probe_subject``: ``"name"``, neutral first names; ``"person"``, "the person" for a first name
+    and its surname), cut before its first gendered word, for the first ``probe_share`` of the rows, so that every position of a probe has a
     prefix that does not tell the gender (a row that opens with a gendered word has none).
     """
 
     def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
                  tokenizer: PreTrainedTokenizerBase, swaps: dict[str, str], names: dict[str, str],
-                 task: str, twins: bool, probes: bool) -> None:
+                 task: str, twins: bool, probes: bool, probe_subject: str = "name", probe_share: float = 1.0) -> None:
         self.collate, self.tokenizer, self.swaps, self.names, self.task = collate, tokenizer, swaps, names, task
-        self.twins, self.probes = twins, probes
+        self.twins, self.probes, self.probe_subject, self.probe_share = twins, probes, probe_subject, probe_share
 
     def text(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
@@ -79,7 +83,7 @@ class DebiasCollator:
 
     def probe_ids(self, ids: list[int]) -> list[int]:
         """The ids of the neutral prefix of ``ids`` (see the class doc)."""
-        text = neutral_names(self.text(ids), self.names)
+        text = (unnamed if self.probe_subject == "person" else neutral_names)(self.text(ids), self.names)
         cut = first_gendered(text, self.swaps, self.names)
         return self.encode((text if cut is None else text[:cut]).rstrip())
 
@@ -105,7 +109,7 @@ class DebiasCollator:
                 [[t if s else -100 for t, s in zip(twin, carried(supervised, source))]
                  for (_, supervised), twin, source in zip(rows, twins, sources)], -100)
         if self.probes:
-            probes = [self.probe_ids(own) for own, _ in rows]
+            probes = [self.probe_ids(own) for own, _ in rows[:math.ceil(self.probe_share * len(rows))]]
             batch["probe_input_ids"] = self.padded(probes, pad)
             batch["probe_attention_mask"] = self.padded([[1] * len(r) for r in probes], 0)
         return batch
@@ -208,12 +212,25 @@ class GenderedClasses(nn.Module):
             logp = logp.index_copy(-1, self.merged_rep, padded[..., self.members].logsumexp(-1))
         return logp[..., self.kept]
 
+    def pair_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """(..., P, 2): the logsumexp of each paired word's side's logits (unnormalised log-probabilities)."""
+        scores = logits[..., self.pair_tokens].float().masked_fill(~self.pair_valid, float("-inf"))
+        return scores.logsumexp(-1)
+
     def pair_logratios(self, logits: torch.Tensor) -> torch.Tensor:
         """(..., P): log P(one side) - log P(the other) for each paired word. The softmax normaliser
         cancels in the difference, so only the pairs' logits are read (no pass over the vocabulary)."""
-        scores = logits[..., self.pair_tokens].float().masked_fill(~self.pair_valid, float("-inf"))
-        sides = scores.logsumexp(-1)
+        sides = self.pair_scores(logits)
         return sides[..., 0] - sides[..., 1]
+
+    def open_terms(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(...,) each: the symmetric KL between the next gendered word's distribution and its swap
+        (0: every word as likely as its counterpart), and log P(the next word is a paired gendered word)."""
+        sides = self.pair_scores(logits)
+        flat = sides.flatten(-2)
+        q = (flat - flat.logsumexp(-1, keepdim=True)).view_as(sides)
+        swap_kl = ((q[..., 0].exp() - q[..., 1].exp()) * (q[..., 0] - q[..., 1])).sum(-1)
+        return swap_kl, flat.logsumexp(-1) - logits.float().logsumexp(-1)
 
 
 def symmetric_kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -227,10 +244,13 @@ class DebiasObjective(nn.Module):
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, swaps: dict[str, str],
                  names: dict[str, str], task: str, counterfactual: float, equalize: float,
-                 equalize_positions: str) -> None:
+                 equalize_positions: str, neutralize: float = 0.0, probe_subject: str = "name",
+                 probe_share: float = 1.0) -> None:
         super().__init__()
-        self.task, self.counterfactual, self.equalize = task, counterfactual, equalize
-        self.equalize_positions = equalize_positions
+        if neutralize > 0 and task != "lm":
+            raise ValueError("neutralize applies to causal LMs only (it acts on next-word predictions): set it to 0")
+        self.task, self.counterfactual, self.equalize, self.neutralize = task, counterfactual, equalize, neutralize
+        self.equalize_positions, self.probe_subject, self.probe_share = equalize_positions, probe_subject, probe_share
         self.swaps, self.names = swaps, names
         if task == "lm":
             words = sorted({tuple(sorted((a, b))) for a, b in swaps.items()}) + list(PRONOUN_PAIRS)
@@ -248,13 +268,13 @@ class DebiasObjective(nn.Module):
 
     @property
     def needs_probes(self) -> bool:
-        return self.task == "lm" and self.equalize > 0 and self.equalize_positions == "neutral"
+        return self.task == "lm" and (self.neutralize > 0 or self.equalize > 0 and self.equalize_positions != "all")
 
     def collator(self, collate: Callable, tokenizer: PreTrainedTokenizerBase) -> Callable:
         if not (self.needs_twins or self.needs_probes):
             return collate
         return DebiasCollator(collate, tokenizer, self.swaps, self.names, self.task, self.needs_twins,
-                              self.needs_probes)
+                              self.needs_probes, self.probe_subject, self.probe_share)
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor, twin_logits: torch.Tensor | None = None,
              twin_mask: torch.Tensor | None = None, twin_source: torch.Tensor | None = None,
@@ -271,7 +291,16 @@ class DebiasObjective(nn.Module):
             p_log = self.classes.class_logprobs(logits[rows, twin_source[rows, cols]])
             q_log = self.classes.class_logprobs(twin_logits[rows, cols])[..., self.classes.swap]
             total = total + self.counterfactual * symmetric_kl(p_log, q_log).mean()
-        if self.equalize > 0:
+        open_equalizing = self.equalize > 0 and self.equalize_positions == "open"
+        if probe_logits is not None and (open_equalizing or self.neutralize > 0):
+            swap_kl, log_mass = self.classes.open_terms(probe_logits[probe_mask.bool()])
+            if open_equalizing:
+                weight = log_mass.detach().exp()
+                total = total + self.equalize * (weight * swap_kl).sum() / weight.sum().clamp_min(1e-8)
+            if self.neutralize > 0:
+                rows = max(int(probe_mask.any(-1).sum()), 1)
+                total = total + self.neutralize * -torch.log1p(-log_mass.clamp_max(-1e-6).exp()).sum() / rows
+        if self.equalize > 0 and not open_equalizing:
             if self.equalize_positions == "neutral":
                 chosen = [(probe_logits, probe_mask)] if probe_logits is not None else []
             else:

@@ -171,6 +171,22 @@ def neutral_names(text: str, names: dict[str, str]) -> str:
     return _WORD.sub(replace, text)
 
 
+_SURNAME = re.compile(r"\s+[A-Z][a-z]+(?:-[A-Z][a-z]+)*\b")
+
+
+def unnamed(text: str, names: dict[str, str]) -> str:
+    """``text`` with every listed first name, and the capitalised surname right after it, replaced
+    by "the person" ("The person" at a sentence start)."""
+    out, last = [], 0
+    for match in _WORD.finditer(text):
+        if match.start() < last or match.group(0) not in names:
+            continue
+        surname = _SURNAME.match(text, match.end())
+        out += [text[last:match.start()], "The person" if _sentence_start(text, match.start()) else "the person"]
+        last = surname.end() if surname else match.end()
+    return "".join(out) + text[last:]
+
+
 def _swapped(text: str, match: re.Match, swaps: dict[str, str], names: dict[str, str]) -> str:
     word = match.group(0)
     low = word.lower()
