@@ -57,10 +57,11 @@ class DebiasCollator:
     ``twins``: ``twin_input_ids``, ``twin_attention_mask``, ``twin_labels`` (causal LMs: the
     twin's ids where the original target was supervised, else -100; classifiers: the row's
     label) and ``twin_source`` (aligned row position per twin position, -1 none).
-    ``probes``: ``probe_input_ids``, ``probe_attention_mask``: the row's text with the gender hidden
-    (``probe_subject``: ``"name"``, neutral first names; ``"person"``, "the person" for a first name
-    and its surname), cut before its first gendered word, for the first ``probe_share`` of the rows, so that every position of a probe has a
-    prefix that does not tell the gender (a row that opens with a gendered word has none).
+    ``probes`` (for the first ``probe_share`` of the rows): ``probe_input_ids``,
+    ``probe_attention_mask``: the row's text with the gender hidden (``probe_subject``: ``"name"``,
+    neutral first names; ``"person"``, "the person" for a first name and its surname), cut before
+    its first gendered word, so that every position of a probe has a prefix that does not tell
+    the gender (a row that opens with a gendered word has none).
     """
 
     def __init__(self, collate: Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]],
