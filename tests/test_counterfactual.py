@@ -255,6 +255,8 @@ def test_bad_weights_are_refused():
         CrawdConfig(neutralize=-0.5)
     with pytest.raises(ValueError, match=r"probe_share must be in \(0, 1\], got 0"):
         CrawdConfig(probe_share=0)
+    with pytest.raises(ValueError, match=r"probe_share must be in \(0, 1\], got 1.5"):
+        CrawdConfig(probe_share=1.5)
 
 
 def test_a_classifier_trains_with_its_twins(tmp_path, tokenizer):

@@ -186,7 +186,7 @@ def check_transformable(method: str, dataset: Any) -> None:
 
 @command(DemoCommand, "demo")
 def demo(s: DemoCommand) -> None:
-    """The main job, offline: synthetic biased bios, SmolLM2-135M, base vs vanilla vs CrAWD (paper) vs the two presets."""
+    """The main job, offline: biased synthetic bios, SmolLM2-135M, base vs vanilla vs CrAWD (paper) vs two presets."""
     start = time.perf_counter()
     data = synthetic_bios(n_train=s.n_train, n_test=280, seed=s.seed, data_dir=s.data_dir)
     settings = TrainSettings(max_steps=s.max_steps, batch_size=8, learning_rate=2e-4, seq_len=48, save_steps=20,
@@ -201,10 +201,10 @@ def demo(s: DemoCommand) -> None:
     notes = (f"Model: SmolLM2-135M-Instruct (embedded). Data: {s.n_train} synthetic bios, training share of women per "
              f"occupation from real statistics; test split gender-balanced. Budget: {s.max_steps} LoRA steps, batch "
              f"8, {settings.seq_len} tokens, lr {settings.learning_rate}. CrAWD: paper defaults (top_k 0.4, decay 0.2, "
-             "reference 'he she', concat head); crawd-debias, crawd-neutral: the presets (docs/method.md). GAS: share of greedy "
-             "continuations of occupation prompts with any of the paper's 28 gendered words (lower is better); "
-             "pronoun_skew: mean |P(she)/(P(she)+P(he)) - 0.5| after occupation prompts (0 is ideal); ppl: perplexity "
-             "on held-out bios.")
+             "reference 'he she', concat head); crawd-debias, crawd-neutral: the presets (docs/method.md). GAS: "
+             "share of greedy continuations of occupation prompts with any of the paper's 28 gendered words (lower "
+             "is better); pronoun_skew: mean |P(she)/(P(she)+P(he)) - 0.5| after occupation prompts (0 is ideal); "
+             "ppl: perplexity on held-out bios.")
     paths = write_report(results, s.out, "crawd demo: base vs vanilla vs CrAWD", tradeoff=("pronoun_skew", "ppl"),
                          notes=notes)
     print_results(results, "crawd demo (SmolLM2-135M, synthetic bios)", console)

@@ -139,9 +139,9 @@ class CrawdConfig:
         if any(not w.strip() for w in self.sensitive_words):
             raise ValueError("sensitive_words: empty word in the list")
         _check_range("top_k", self.top_k, 0.0, 1.0)
-        _check_range("probe_share", self.probe_share, 0.0, 1.0)
-        if self.probe_share == 0:
-            raise ValueError("probe_share must be in (0, 1], got 0")
+        if isinstance(self.probe_share, bool) or not isinstance(self.probe_share, (int, float)) \
+                or not 0 < self.probe_share <= 1:
+            raise ValueError(f"probe_share must be in (0, 1], got {self.probe_share!r}")
         _check_range("decay", self.decay, 0.0, 1.0)
         _check_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
         _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
