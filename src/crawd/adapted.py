@@ -86,13 +86,10 @@ class AdaptedModel(nn.Module):
             self.sensitive_column = self.config.erase_column  # train() hands over the attribute per row
             self.sensitive_values: list[str] | None = None
         self.objective: DebiasObjective | None = None
-        if self.config.counterfactual > 0 or self.config.equalize > 0 or self.config.neutralize > 0:
+        if DebiasObjective.wanted(self.config):
             vocab = self.hf.get_output_embeddings().out_features if self.task == "lm" else 0
             swaps, names = gender_lexicon(wordlist_dir(self.config))
-            self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config.counterfactual,
-                                             self.config.equalize, self.config.equalize_positions,
-                                             self.config.neutralize, self.config.probe_subject,
-                                             self.config.probe_share)
+            self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config)
 
     # ---- the pieces of the base model -------------------------------------------------
     @property

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedTokenizerBase
 
+from crawd.config import CrawdConfig
 from crawd.lexicon import first_gendered, neutral_names, swap_text, unnamed
 
 #: Pronouns whose swap depends on context (see :func:`crawd.lexicon.swap_text`), as word pairs.
@@ -244,15 +245,14 @@ class DebiasObjective(nn.Module):
     """The training-loss terms of :mod:`crawd.counterfactual` for one model (see module doc)."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, vocab_size: int, swaps: dict[str, str],
-                 names: dict[str, str], task: str, counterfactual: float, equalize: float,
-                 equalize_positions: str, neutralize: float = 0.0, probe_subject: str = "name",
-                 probe_share: float = 1.0) -> None:
+                 names: dict[str, str], task: str, config: CrawdConfig) -> None:
         super().__init__()
-        if neutralize > 0 and task != "lm":
+        if config.neutralize > 0 and task != "lm":
             raise ValueError("neutralize applies to causal LMs only (it acts on next-word predictions): set it to 0")
-        self.task, self.counterfactual, self.equalize, self.neutralize = task, counterfactual, equalize, neutralize
-        self.equalize_positions, self.probe_subject, self.probe_share = equalize_positions, probe_subject, probe_share
-        self.swaps, self.names = swaps, names
+        self.task, self.swaps, self.names = task, swaps, names
+        self.counterfactual, self.equalize, self.neutralize = config.counterfactual, config.equalize, config.neutralize
+        self.equalize_positions = config.equalize_positions
+        self.probe_subject, self.probe_share = config.probe_subject, config.probe_share
         if task == "lm":
             words = sorted({tuple(sorted((a, b))) for a, b in swaps.items()}) + list(PRONOUN_PAIRS)
             word_ids = token_pairs(tokenizer, words)
@@ -262,6 +262,11 @@ class DebiasObjective(nn.Module):
                                  "tokenizer (he / she, his / her, ...)")
             self.classes = GenderedClasses(vocab_size, bipartite_groups(word_ids + name_ids),
                                            {t for pair in word_ids for t in pair})
+
+    @staticmethod
+    def wanted(config: CrawdConfig) -> bool:
+        """Whether ``config`` asks for any of the terms."""
+        return config.counterfactual > 0 or config.equalize > 0 or config.neutralize > 0
 
     @property
     def needs_twins(self) -> bool:
@@ -299,7 +304,7 @@ class DebiasObjective(nn.Module):
                 weight = log_mass.detach().exp()
                 total = total + self.equalize * (weight * swap_kl).sum() / weight.sum().clamp_min(1e-8)
             if self.neutralize > 0:
-                rows = max(int(probe_mask.any(-1).sum()), 1)
+                rows = probe_mask.any(-1).sum().clamp_min(1)  # a tensor: no device sync on the training step
                 total = total + self.neutralize * -torch.log1p(-log_mass.clamp_max(-1e-6).exp()).sum() / rows
         if self.equalize > 0 and not open_equalizing:
             if self.equalize_positions == "neutral":

@@ -252,11 +252,8 @@ def run_experiment(
         if same is not None:
             console.print(f"[dim]{spec.name} (seed {spec.seed}): not trained, so the scores of seed {same['seed']} "
                           "hold; copied[/dim]")
-            record = {**same, "seed": spec.seed, "request": request}
             write_json(run_dir / REQUEST_FILE, request)
-            write_json(done_file, record)
-            results["runs"].append(record)
-            write_json(out_dir / "results.json", results)
+            _finish({**same, "seed": spec.seed, "request": request}, done_file, results, out_dir)
             continue
         write_json(run_dir / REQUEST_FILE, request)
         console.rule(f"{spec.name} (seed {spec.seed})")
@@ -275,7 +272,12 @@ def run_experiment(
         start = time.perf_counter()
         record.update(evaluate(model, tokenizer, task, benchmarks, data, data_dir, eval_options, eval_split))
         record["eval_seconds"] = time.perf_counter() - start
-        write_json(done_file, record)
-        results["runs"].append(record)
-        write_json(out_dir / "results.json", results)
+        _finish(record, done_file, results, out_dir)
     return results
+
+
+def _finish(record: dict[str, Any], done_file: Path, results: dict[str, Any], out_dir: Path) -> None:
+    """Write a run's record (which marks it done) and the experiment's results so far."""
+    write_json(done_file, record)
+    results["runs"].append(record)
+    write_json(out_dir / "results.json", results)
