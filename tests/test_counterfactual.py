@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model
+from conftest import batch as tokenized_batch, tiny_model
 from datasets import Dataset
 
 import crawd
@@ -152,7 +152,7 @@ def test_open_equalizing_and_neutralizing_by_hand(tokenizer):
         crawd.wrap(tiny_model("bert", "classification"), tokenizer, CrawdConfig(num_heads=4, neutralize=1.0))
 
 
-def test_rows_twins_and_probes_share_one_backbone_pass(tokenizer, monkeypatch):
+def test_rows_and_twins_share_one_backbone_pass_and_probes_take_their_own(tokenizer, monkeypatch):
     model = crawd.adapt(tiny_model("llama"), tokenizer, CrawdConfig(counterfactual=1.0, equalize=1.0,
                                                                      lora_dropout=0.0)).train()
     batch = collator(tokenizer, twins=True, probes=True)(
@@ -161,7 +161,7 @@ def test_rows_twins_and_probes_share_one_backbone_pass(tokenizer, monkeypatch):
     encode = model.encode
     monkeypatch.setattr(model, "encode", lambda *a, **k: calls.append(1) or encode(*a, **k))
     loss = model(**batch).loss
-    assert len(calls) == 1
+    assert len(calls) == 2  # rows with twins; the (shorter) probes
 
     def logits(ids, mask):
         return model.head(encode(ids, mask).last_hidden_state, mask)
@@ -266,3 +266,78 @@ def test_a_classifier_trains_with_its_twins(tmp_path, tokenizer):
     result = train(model, tokenizer, data, tmp_path, TrainSettings(max_steps=2, batch_size=4, save_steps=2,
                                                                      progress=False))
     assert result.steps == 2 and math.isfinite(result.final_loss)
+
+
+READOUT = {"equalize": 1.0, "equalize_positions": "open", "neutralize": 1.0, "probe_subject": "person",
+           "neutralize_through": "readout"}
+
+
+def test_the_readout_shifts_both_sides_of_each_pair_alike_by_hand(tokenizer):
+    model = objective_model(tokenizer, mode="self", **READOUT).eval()
+    readout = model.readout
+    ids = {w: tokenizer.convert_tokens_to_ids(w) for w in ("he", "she", "his", "her", "him", "man", "woman")}
+    assert set(ids.values()) <= set(readout.tokens.tolist())
+    hidden, logits = torch.randn(2, 3, 32), torch.randn(2, 3, len(tokenizer))
+    assert torch.equal(readout(hidden, logits), logits)  # zero-started: exactly the base
+    with torch.no_grad():
+        readout.delta.copy_(torch.randn_like(readout.delta))
+    out = readout(hidden, logits)
+    shift = {w: out[..., t] - logits[..., t] for w, t in ids.items()}
+    pair = {t: p for t, p in zip(readout.tokens.tolist(), readout.pair_of_token.tolist())}
+    assert torch.allclose(shift["he"], hidden @ readout.delta[pair[ids["he"]]], atol=1e-6)
+    for a, b in (("he", "she"), ("his", "her"), ("him", "her"), ("man", "woman")):
+        assert torch.allclose(shift[a], shift[b], atol=1e-6)  # the same for both genders
+    assert not torch.allclose(shift["he"], shift["man"])  # one row per pair
+    others = [t for t in range(len(tokenizer)) if t not in readout.tokens.tolist()]
+    assert torch.equal(out[..., others], logits[..., others])
+
+
+@pytest.mark.parametrize("mode,head,equalize", [("cross", "concat", 1.0), ("cross", "residual", 0.0),
+                                                ("self", "concat", 1.0), ("self", "concat", 0.0)])
+def test_through_the_readout_the_neutralizing_term_trains_the_readout_alone(tokenizer, mode, head, equalize):
+    model = objective_model(tokenizer, mode=mode, head=head, lora_dropout=0.0, dropout=0.0,
+                            **{**READOUT, "equalize": equalize}).train()
+    batch = model.objective.collator(Collator(tokenizer, "lm"), tokenizer)(
+        [dict(tokenizer(t)) for t in ("the nurse said that she works", "a doctor is a man")])
+
+    def gradients():
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with_term, grads = gradients()
+    model.objective.neutralize = 0.0
+    without, other_grads = gradients()
+    assert with_term > without  # the neutralizing term is there ...
+    assert grads.keys() == other_grads.keys()
+    for name in grads:
+        if name == "readout.delta":  # ... and it moves the readout
+            assert not torch.allclose(grads[name], other_grads[name])
+        else:  # and nothing else
+            assert torch.allclose(grads[name], other_grads[name], atol=1e-7), name
+
+
+@pytest.mark.parametrize("mode", ["cross", "self"])
+def test_a_trained_readout_is_saved_loaded_and_used_in_cached_generation(tmp_path, tokenizer, mode):
+    model = objective_model(tokenizer, mode=mode, **READOUT).eval()
+    enc = tokenized_batch(tokenizer, texts=("the nurse said that", "he works as a doctor in the"), side="left")
+    with torch.no_grad():
+        before = model(**enc).logits
+        model.readout.delta.normal_()
+        after = model(**enc).logits
+    assert (after - before).abs().max() > 1e-3
+    model.save_pretrained(tmp_path)
+    loaded = crawd.load(tiny_model("llama"), tokenizer, tmp_path).eval()
+    with torch.no_grad():
+        assert torch.equal(loaded(**enc).logits, after)
+    cached = loaded.generate(**enc, max_new_tokens=6, eos_token_id=-1)
+    assert torch.equal(cached, loaded.generate(**enc, max_new_tokens=6, eos_token_id=-1, use_cache=False))
+
+
+def test_the_readout_needs_the_neutralizing_term():
+    with pytest.raises(ValueError, match="neutralize_through='readout' trains the readout with the neutralizing "
+                                         "term: set neutralize > 0"):
+        CrawdConfig(neutralize_through="readout")
+    with pytest.raises(ValueError, match="neutralize_through must be one of 'model', 'readout', got 'body'"):
+        CrawdConfig(neutralize=1.0, neutralize_through="body")

@@ -77,6 +77,21 @@ def test_crawd_exports_as_a_crawd_folder_and_refuses_to_merge(mode, folder, tmp_
     assert torch.equal(logits(loaded, loaded.tokenizer), logits(model, tokenizer))
 
 
+@pytest.mark.parametrize("fields,piece", [({"neutralize": 1.0, "neutralize_through": "readout"}, "gendered-word readout"),
+                                          ({"erase": True}, "concept eraser")])
+def test_lora_adapters_with_run_time_pieces_export_as_crawd_folders_only(fields, piece, folder, tmp_path):
+    base, tokenizer = load_model(str(folder))
+    model = trained(get_method("vanilla").build(base, tokenizer, CrawdConfig(**fields)))
+    model.save_pretrained(str(tmp_path / "adapter"))
+    for merge in (False, True):
+        with pytest.raises(ValueError, match=f"also holds a {piece} .*, which neither a peft LoRA folder nor a merged "
+                                             "model holds; load it with crawd.AutoCrawdModel.from_pretrained"):
+            export(tmp_path / "adapter", tmp_path / "out", merge=merge)
+    assert not (tmp_path / "out").exists()
+    loaded = crawd.AutoCrawdModel.from_pretrained(tmp_path / "adapter")
+    assert torch.equal(logits(loaded, loaded.tokenizer), logits(model, tokenizer))
+
+
 def test_classification_and_full_fine_tuning_export_merged_only(tmp_path):
     folder = save_tiny_model(tmp_path / "tiny")
     base, tokenizer = load_model(str(folder), "classification", num_labels=3)

@@ -23,7 +23,7 @@ from transformers.generation.logits_process import (
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 from crawd.config import CrawdConfig
-from crawd.counterfactual import DebiasObjective
+from crawd.counterfactual import DebiasObjective, GenderedReadout
 from crawd.erasure import ConceptEraser
 from crawd.lexicon import gender_lexicon, wordlist_dir
 from crawd.models import ENCODER_MODEL_TYPES
@@ -90,6 +90,9 @@ class AdaptedModel(nn.Module):
             vocab = self.hf.get_output_embeddings().out_features if self.task == "lm" else 0
             swaps, names = gender_lexicon(wordlist_dir(self.config))
             self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config)
+        self.readout: GenderedReadout | None = None
+        if self.config.neutralize_through == "readout" and self.objective is not None:
+            self.readout = self.objective.readout(self.hidden_size).to(next(self.hf.parameters()).device)
 
     # ---- the pieces of the base model -------------------------------------------------
     @property
@@ -198,6 +201,10 @@ class AdaptedModel(nn.Module):
         dropout = getattr(self.hf, "dropout", None)
         return self.classifier(dropout(pooled) if isinstance(dropout, nn.Dropout) else pooled)
 
+    def read_gendered(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """The LM logits with the gendered words' readout correction (if any), which reads H_x."""
+        return logits if self.readout is None else self.readout(hidden, logits)
+
     def softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
@@ -207,7 +214,7 @@ class AdaptedModel(nn.Module):
 
         ``state`` carries what a head needs from earlier positions during cached generation.
         """
-        return self.base_head(hidden, attention_mask)
+        return self.read_gendered(hidden, self.base_head(hidden, attention_mask))
 
     def forward(
         self,
@@ -234,16 +241,14 @@ class AdaptedModel(nn.Module):
 
     def debiased_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
                          twins: dict[str, torch.Tensor], **kwargs: Any) -> CausalLMOutputWithPast | SequenceClassifierOutput:
-        """Training forward with the debiasing terms: the rows, their twins and the neutral probes (if
-        any) stacked into one right-padded batch, one backbone pass; probes add nothing to the task loss."""
-        batch, length = input_ids.shape
+        """Training forward with the debiasing terms: the rows and their twins (if any) stacked into one
+        right-padded batch, one backbone pass; the neutral probes (if any), much shorter than the rows,
+        in a pass of their own at their own width, with no backward pass through the body when their
+        terms train the readout alone. Probes add nothing to the task loss."""
         lm = self.task == "lm"
         parts = [(input_ids, attention_mask, labels)]
         if "twin_input_ids" in twins:
             parts.append((twins["twin_input_ids"], twins["twin_attention_mask"], twins["twin_labels"]))
-        if "probe_input_ids" in twins:  # causal LMs only
-            probe_ids = twins["probe_input_ids"]
-            parts.append((probe_ids, twins["probe_attention_mask"], torch.full_like(probe_ids, -100)))
         width = max(ids.shape[1] for ids, _, _ in parts)
 
         def stacked(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
@@ -257,16 +262,22 @@ class AdaptedModel(nn.Module):
                                                + [torch.zeros_like(p[0]) for p in parts[1:]], 0)
         out = self.encode(ids, mask, **kwargs)
         logits = self.head(out.last_hidden_state, mask)
-        pieces, start = [], 0
-        for part_ids, _, _ in parts:
-            rows = logits[start:start + len(part_ids)]
-            pieces.append(rows[:, :part_ids.shape[1]] if lm else rows)
-            start += len(part_ids)
-        own = pieces[0]
-        twin_logits = pieces[1] if "twin_input_ids" in twins else None
-        probe_logits = pieces[-1] if "probe_input_ids" in twins else None
+        own = logits[:len(input_ids), :input_ids.shape[1]] if lm else logits[:len(input_ids)]
+        twin_logits = None
+        if "twin_input_ids" in twins:
+            twin_logits = logits[len(input_ids):]
+            twin_logits = twin_logits[:, :twins["twin_input_ids"].shape[1]] if lm else twin_logits
+        probe_logits = readout_logits = None
+        if "probe_input_ids" in twins:  # causal LMs only
+            probe_ids, probe_mask = twins["probe_input_ids"], twins["probe_attention_mask"]
+            with torch.set_grad_enabled(self.objective.probes_train_model):
+                probe_hidden = self.encode(probe_ids, probe_mask).last_hidden_state
+                probe_logits = self.head(probe_hidden, probe_mask)
+            if self.readout is not None:  # the neutralizing term's gradient reaches the readout alone
+                readout_logits = self.readout.trained_alone(probe_hidden.detach(), probe_logits.detach())
         term = self.objective.loss(own, attention_mask, twin_logits, twins.get("twin_attention_mask"),
-                                   twins.get("twin_source"), probe_logits, twins.get("probe_attention_mask"))
+                                   twins.get("twin_source"), probe_logits, twins.get("probe_attention_mask"),
+                                   readout_logits)
         return self.output(self.task_loss(logits, all_labels) + term, own, out)
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:

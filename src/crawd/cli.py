@@ -186,15 +186,15 @@ def check_transformable(method: str, dataset: Any) -> None:
 
 @command(DemoCommand, "demo")
 def demo(s: DemoCommand) -> None:
-    """The main job, offline: biased synthetic bios, SmolLM2-135M, base vs vanilla vs CrAWD (paper) vs two presets."""
+    """The main job, offline: biased synthetic bios, SmolLM2-135M, base vs vanilla vs CrAWD (paper) vs the two presets."""
     start = time.perf_counter()
     data = synthetic_bios(n_train=s.n_train, n_test=280, seed=s.seed, data_dir=s.data_dir)
     settings = TrainSettings(max_steps=s.max_steps, batch_size=8, learning_rate=2e-4, seq_len=48, save_steps=20,
                              logging_steps=10)
     runs = [experiment.RunSpec("base", s.seed), experiment.RunSpec("vanilla", s.seed),
             experiment.RunSpec("crawd", s.seed),
-            experiment.RunSpec("crawd", s.seed, PRESETS["debias"]["lm"], label="crawd-debias"),
-            experiment.RunSpec("crawd", s.seed, PRESETS["neutral"]["lm"], label="crawd-neutral")]
+            experiment.RunSpec("crawd", s.seed, PRESETS["neutral"]["lm"], label="crawd-neutral"),
+            experiment.RunSpec("crawd", s.seed, PRESETS["debias"]["lm"], label="crawd-debias")]
     results = experiment.run_experiment("smollm2-135m", "lm", data, runs, s.out, CrawdConfig(), settings,
                                         ["gas", "ppl", "pronoun_skew"], data_dir=s.data_dir, console=console)
     results["wall_seconds"] = time.perf_counter() - start

@@ -20,6 +20,7 @@ SCOPES = ("example", "row")
 MODES = ("cross", "self")
 EQUALIZE_POSITIONS = ("neutral", "all", "open")
 PROBE_SUBJECTS = ("name", "person")
+NEUTRALIZE_THROUGH = ("model", "readout")
 
 
 #: Named settings, one per task, that ``CrawdConfig.preset(name, task)`` and ``--preset NAME`` give
@@ -31,8 +32,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "classification": {"mode": "self", "erase": True},
     },
     "neutral": {
-        "lm": {"mode": "self", "equalize": 0.3, "equalize_positions": "open", "neutralize": 0.3,
-               "probe_subject": "person"},
+        "lm": {"mode": "self", "equalize": 0.15, "equalize_positions": "open", "neutralize": 1.0,
+               "neutralize_through": "readout", "probe_subject": "person"},
         "classification": {"mode": "self", "erase": True},
     },
 }
@@ -87,6 +88,11 @@ class CrawdConfig:
             by gender-neutral ones) or ``"person"`` (first name and surname replaced by "the person").
         probe_share: the share of a batch's rows that get a probe, in (0, 1] (the probe terms are
             means over probes: fewer probes give the same expected term at a lower cost per step).
+        neutralize_through: what the neutralizing term trains: ``"model"`` (every trainable
+            weight) or ``"readout"`` (only a zero-started shift of the gendered words' logits,
+            one per word pair and the same for both of its sides, a linear function of H_x:
+            :class:`crawd.counterfactual.GenderedReadout`, which the task loss trains too). The
+            readout changes how likely a gendered word is, never which gender.
         erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden
             states and apply it to H_x before the block and head (:mod:`crawd.erasure`).
         erase_column: the training data's column holding the sensitive attribute.
@@ -118,6 +124,7 @@ class CrawdConfig:
     neutralize: float = 0.0
     probe_subject: str = "name"
     probe_share: float = 1.0
+    neutralize_through: str = "model"
     erase: bool = False
     erase_column: str = "gender"
     erase_refit_steps: int = 50
@@ -154,6 +161,10 @@ class CrawdConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be a weight >= 0, got {value!r}")
+        _check_choice("neutralize_through", self.neutralize_through, NEUTRALIZE_THROUGH)
+        if self.neutralize_through == "readout" and self.neutralize == 0:
+            raise ValueError("neutralize_through='readout' trains the readout with the neutralizing term: set "
+                             "neutralize > 0")
         if not isinstance(self.erase_refit_steps, int) or self.erase_refit_steps < 0:
             raise ValueError(f"erase_refit_steps must be an integer >= 0, got {self.erase_refit_steps!r}")
         for name in ("num_heads", "lora_r", "lora_alpha", "erase_fit_rows"):

@@ -235,6 +235,36 @@ class GenderedClasses(nn.Module):
         return swap_kl, flat.logsumexp(-1) - logits.float().logsumexp(-1)
 
 
+class GenderedReadout(nn.Module):
+    """A shift of the paired gendered words' logits: logits[..., t] += h . delta_{pair(t)}.
+
+    One row of ``delta`` (P, d) per word pair, shared by both of its sides (he and she, his /
+    him and her / hers, ...), so it changes how likely a gendered word is and never which gender.
+    It starts at zero (the model is exactly its base); with ``neutralize_through="readout"`` the
+    neutralizing term trains it and no other weight.
+    """
+
+    def __init__(self, pair_tokens: torch.Tensor, pair_valid: torch.Tensor, hidden_size: int) -> None:
+        super().__init__()
+        pairs = torch.arange(len(pair_tokens))[:, None, None].expand_as(pair_tokens)
+        self.register_buffer("tokens", pair_tokens[pair_valid], persistent=False)
+        self.register_buffer("pair_of_token", pairs[pair_valid], persistent=False)
+        self.delta = nn.Parameter(torch.zeros(len(pair_tokens), hidden_size))
+
+    def shift(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., T): what is added to the logit of each token in ``tokens``."""
+        return (hidden @ self.delta.to(hidden.dtype).T)[..., self.pair_of_token]
+
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        return logits.index_add(-1, self.tokens, self.shift(hidden).to(logits.dtype))
+
+    def trained_alone(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` (computed without gradient, this readout's shift included) with a gradient
+        that reaches ``delta`` alone, as if the readout were the only trainable weight."""
+        shift = self.shift(hidden).to(logits.dtype)
+        return logits.index_add(-1, self.tokens, shift - shift.detach())
+
+
 def symmetric_kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
     """0.5 (KL(p || q) + KL(q || p)) over the last dim, from log-probabilities."""
     diff = p_log - q_log
@@ -253,6 +283,7 @@ class DebiasObjective(nn.Module):
         self.counterfactual, self.equalize, self.neutralize = config.counterfactual, config.equalize, config.neutralize
         self.equalize_positions = config.equalize_positions
         self.probe_subject, self.probe_share = config.probe_subject, config.probe_share
+        self.neutralize_through = config.neutralize_through
         if task == "lm":
             words = sorted({tuple(sorted((a, b))) for a, b in swaps.items()}) + list(PRONOUN_PAIRS)
             word_ids = token_pairs(tokenizer, words)
@@ -262,6 +293,10 @@ class DebiasObjective(nn.Module):
                                  "tokenizer (he / she, his / her, ...)")
             self.classes = GenderedClasses(vocab_size, bipartite_groups(word_ids + name_ids),
                                            {t for pair in word_ids for t in pair})
+
+    def readout(self, hidden_size: int) -> GenderedReadout:
+        """A zero-started :class:`GenderedReadout` of the paired gendered words."""
+        return GenderedReadout(self.classes.pair_tokens, self.classes.pair_valid, hidden_size)
 
     @staticmethod
     def wanted(config: CrawdConfig) -> bool:
@@ -276,6 +311,12 @@ class DebiasObjective(nn.Module):
     def needs_probes(self) -> bool:
         return self.task == "lm" and (self.neutralize > 0 or self.equalize > 0 and self.equalize_positions != "all")
 
+    @property
+    def probes_train_model(self) -> bool:
+        """Whether a probe term trains the whole model (not only the readout)."""
+        return self.task == "lm" and (self.equalize > 0 and self.equalize_positions != "all"
+                                      or self.neutralize > 0 and self.neutralize_through == "model")
+
     def collator(self, collate: Callable, tokenizer: PreTrainedTokenizerBase) -> Callable:
         if not (self.needs_twins or self.needs_probes):
             return collate
@@ -284,8 +325,12 @@ class DebiasObjective(nn.Module):
 
     def loss(self, logits: torch.Tensor, mask: torch.Tensor, twin_logits: torch.Tensor | None = None,
              twin_mask: torch.Tensor | None = None, twin_source: torch.Tensor | None = None,
-             probe_logits: torch.Tensor | None = None, probe_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The weighted terms for a batch's logits (B, n, V) or (B, C), its twins' and its probes' (if any)."""
+             probe_logits: torch.Tensor | None = None, probe_mask: torch.Tensor | None = None,
+             readout_logits: torch.Tensor | None = None) -> torch.Tensor:
+        """The weighted terms for a batch's logits (B, n, V) or (B, C), its twins' and its probes' (if any).
+
+        ``readout_logits``: the probes' logits whose gradient reaches the readout alone
+        (:meth:`GenderedReadout.trained_alone`), read by the neutralizing term through the readout."""
         total = logits.new_zeros((), dtype=torch.float32)
         if self.task != "lm":
             if self.counterfactual > 0 and twin_logits is not None:
@@ -298,14 +343,15 @@ class DebiasObjective(nn.Module):
             q_log = self.classes.class_logprobs(twin_logits[rows, cols])[..., self.classes.swap]
             total = total + self.counterfactual * symmetric_kl(p_log, q_log).mean()
         open_equalizing = self.equalize > 0 and self.equalize_positions == "open"
-        if probe_logits is not None and (open_equalizing or self.neutralize > 0):
+        if open_equalizing and probe_logits is not None:
             swap_kl, log_mass = self.classes.open_terms(probe_logits[probe_mask.bool()])
-            if open_equalizing:
-                weight = log_mass.detach().exp()
-                total = total + self.equalize * (weight * swap_kl).sum() / weight.sum().clamp_min(1e-8)
-            if self.neutralize > 0:
-                rows = probe_mask.any(-1).sum().clamp_min(1)  # a tensor: no device sync on the training step
-                total = total + self.neutralize * -torch.log1p(-log_mass.clamp_max(-1e-6).exp()).sum() / rows
+            weight = log_mass.detach().exp()
+            total = total + self.equalize * (weight * swap_kl).sum() / weight.sum().clamp_min(1e-8)
+        neutralized = readout_logits if self.neutralize_through == "readout" else probe_logits
+        if self.neutralize > 0 and neutralized is not None:
+            log_mass = self.classes.open_terms(neutralized[probe_mask.bool()])[1]
+            rows = probe_mask.any(-1).sum().clamp_min(1)  # a tensor: no device sync on the training step
+            total = total + self.neutralize * -torch.log1p(-log_mass.clamp_max(-1e-6).exp()).sum() / rows
         if self.equalize > 0 and not open_equalizing:
             if self.equalize_positions == "neutral":
                 chosen = [(probe_logits, probe_mask)] if probe_logits is not None else []

@@ -43,6 +43,10 @@ MERGE_REFUSALS: dict[str, str] = {
 }
 """Why each CrAWD mode cannot become a plain transformers model (the error line of ``--merge``)."""
 
+#: weights that act at run time beside LoRA (saved under these prefixes), which other tools cannot hold
+RUN_TIME_PIECES = {"eraser": "a concept eraser (erase)",
+                   "readout": "a gendered-word readout (neutralize_through='readout')"}
+
 
 def export(adapter: str | os.PathLike, out: str | os.PathLike, merge: bool = False, base: str | None = None,
            trust_remote_code: bool = False) -> str:
@@ -55,7 +59,7 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, merge: bool = Fal
         base: load the base from here instead of the name the adapter records; the export
             records this name.
     """
-    meta, _ = read_adapter(adapter)
+    meta, tensors = read_adapter(adapter)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ValueError(f"{out} already exists and is not empty: choose a new folder (nothing is overwritten)")
@@ -63,6 +67,11 @@ def export(adapter: str | os.PathLike, out: str | os.PathLike, merge: bool = Fal
     kind = meta["method"]
     if kind == "crawd" and merge:
         raise ValueError(MERGE_REFUSALS[meta["crawd"].get("mode", "cross")])
+    extra = sorted({name.split(".")[0] for name in tensors} & set(RUN_TIME_PIECES))
+    if kind != "crawd" and extra:
+        raise ValueError(f"adapter {adapter} also holds {' and '.join(RUN_TIME_PIECES[e] for e in extra)}, which "
+                         "neither a peft LoRA folder nor a merged model holds; load it with "
+                         "crawd.AutoCrawdModel.from_pretrained")
     if kind != "crawd" and not merge:
         if meta["lora"] is None:
             raise ValueError(f"adapter {adapter} holds fully fine-tuned weights, not LoRA, which a peft adapter "

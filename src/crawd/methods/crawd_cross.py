@@ -251,9 +251,9 @@ class CrawdModel(AdaptedModel):
              reference: torch.Tensor | None = None) -> torch.Tensor:
         h_cross = self.cross_states(hidden, attention_mask, state, reference)[0]
         if self.config.head == "residual":
-            return self.base_head(hidden + self.cross_proj(h_cross), attention_mask)
+            return self.read_gendered(hidden, self.base_head(hidden + self.cross_proj(h_cross), attention_mask))
         if self.task == "lm":
-            return self.softcap(self.concat_head(torch.cat([hidden, h_cross], dim=-1)))
+            return self.read_gendered(hidden, self.softcap(self.concat_head(torch.cat([hidden, h_cross], dim=-1))))
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pooled = torch.cat([self.pooled(hidden, attention_mask), h_cross[rows, self.pool_index(attention_mask)]], -1)
         dropout = getattr(self.hf, "dropout", None)
