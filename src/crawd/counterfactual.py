@@ -343,15 +343,19 @@ class DebiasObjective(nn.Module):
             q_log = self.classes.class_logprobs(twin_logits[rows, cols])[..., self.classes.swap]
             total = total + self.counterfactual * symmetric_kl(p_log, q_log).mean()
         open_equalizing = self.equalize > 0 and self.equalize_positions == "open"
-        if open_equalizing and probe_logits is not None:
-            swap_kl, log_mass = self.classes.open_terms(probe_logits[probe_mask.bool()])
-            weight = log_mass.detach().exp()
-            total = total + self.equalize * (weight * swap_kl).sum() / weight.sum().clamp_min(1e-8)
-        neutralized = readout_logits if self.neutralize_through == "readout" else probe_logits
-        if self.neutralize > 0 and neutralized is not None:
-            log_mass = self.classes.open_terms(neutralized[probe_mask.bool()])[1]
-            rows = probe_mask.any(-1).sum().clamp_min(1)  # a tensor: no device sync on the training step
-            total = total + self.neutralize * -torch.log1p(-log_mass.clamp_max(-1e-6).exp()).sum() / rows
+        if probe_logits is not None and (open_equalizing or self.neutralize > 0):
+            keep = probe_mask.bool()
+            through_readout = self.neutralize_through == "readout"
+            if open_equalizing or not through_readout:
+                swap_kl, log_mass = self.classes.open_terms(probe_logits[keep])
+            if open_equalizing:
+                weight = log_mass.detach().exp()
+                total = total + self.equalize * (weight * swap_kl).sum() / weight.sum().clamp_min(1e-8)
+            if self.neutralize > 0:
+                if through_readout:  # the same values, with a gradient that reaches the readout alone
+                    log_mass = self.classes.open_terms(readout_logits[keep])[1]
+                rows = probe_mask.any(-1).sum().clamp_min(1)  # a tensor: no device sync on the training step
+                total = total + self.neutralize * -torch.log1p(-log_mass.clamp_max(-1e-6).exp()).sum() / rows
         if self.equalize > 0 and not open_equalizing:
             if self.equalize_positions == "neutral":
                 chosen = [(probe_logits, probe_mask)] if probe_logits is not None else []
