@@ -11,7 +11,8 @@ from datasets import Dataset
 
 import crawd
 from crawd import CrawdConfig
-from crawd.counterfactual import DebiasCollator, GenderedClasses, align, bipartite_groups, symmetric_kl, token_pairs
+from crawd.counterfactual import (DebiasCollator, GenderedClasses, align, bipartite_groups, gender_giving_tokens,
+                                  symmetric_kl, token_pairs)
 from crawd.lexicon import gender_lexicon, unnamed
 from crawd.train import Collator, TrainSettings, train
 
@@ -318,9 +319,39 @@ def test_through_the_readout_the_neutralizing_term_trains_the_readout_alone(toke
             assert torch.allclose(grads[name], other_grads[name], atol=1e-7), name
 
 
-@pytest.mark.parametrize("mode", ["cross", "self"])
-def test_a_trained_readout_is_saved_loaded_and_used_in_cached_generation(tmp_path, tokenizer, mode):
-    model = objective_model(tokenizer, mode=mode, **READOUT).eval()
+def test_the_tokens_that_give_a_gender(tokenizer):
+    swaps, names = gender_lexicon(None)
+    gives = gender_giving_tokens(tokenizer, len(tokenizer), swaps, names)
+    marked = set(tokenizer.convert_ids_to_tokens(gives.nonzero().flatten().tolist()))
+    assert {"he", "she", "his", "her", "him", "man", "woman"} <= marked
+    assert not marked & {"the", "nurse", "they", "said", "[PAD]", "[EOS]"}
+    readout = objective_model(tokenizer, readout_where="open", **READOUT).readout
+    ids = tokenized_batch(tokenizer, texts=("the nurse said that she works", "a man said that he"))["input_ids"]
+    whole = readout.open_positions(ids)
+    assert whole.tolist() == [[True] * 4 + [False] * 2, [True, False, False, False, False, False]]
+    state = {}  # cached generation: a token at a time, what came before carried in the state
+    assert torch.equal(torch.cat([readout.open_positions(ids[:, i:i + 1], state) for i in range(6)], 1), whole)
+
+
+@pytest.mark.parametrize("mode,head", [("self", "concat"), ("cross", "concat"), ("cross", "residual")])
+def test_an_open_readout_acts_only_before_the_text_gives_a_gender(tokenizer, mode, head):
+    model = objective_model(tokenizer, mode=mode, head=head, readout_where="open", **READOUT).eval()
+    enc = tokenized_batch(tokenizer, texts=("the nurse said that she works with the client",))
+    with torch.no_grad():
+        model.readout.delta.normal_()
+        gated = model(**enc).logits
+        model.readout.gives_gender = None  # the same readout, everywhere
+        everywhere = model(**enc).logits
+        model.readout.delta.zero_()
+        without = model(**enc).logits
+    # "the nurse said that" leaves the gender open; from "she" on the text has given it
+    assert torch.equal(gated[0, :4], everywhere[0, :4]) and not torch.allclose(gated[0, :4], without[0, :4])
+    assert torch.equal(gated[0, 4:], without[0, 4:])
+
+
+@pytest.mark.parametrize("mode,where", [("cross", "all"), ("self", "all"), ("self", "open")])
+def test_a_trained_readout_is_saved_loaded_and_used_in_cached_generation(tmp_path, tokenizer, mode, where):
+    model = objective_model(tokenizer, mode=mode, readout_where=where, **READOUT).eval()
     enc = tokenized_batch(tokenizer, texts=("the nurse said that", "he works as a doctor in the"), side="left")
     with torch.no_grad():
         before = model(**enc).logits
@@ -341,3 +372,5 @@ def test_the_readout_needs_the_neutralizing_term():
         CrawdConfig(neutralize_through="readout")
     with pytest.raises(ValueError, match="neutralize_through must be one of 'model', 'readout', got 'body'"):
         CrawdConfig(neutralize=1.0, neutralize_through="body")
+    with pytest.raises(ValueError, match="readout_where places the readout of neutralize_through='readout'"):
+        CrawdConfig(neutralize=1.0, readout_where="open")

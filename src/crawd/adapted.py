@@ -201,20 +201,27 @@ class AdaptedModel(nn.Module):
         dropout = getattr(self.hf, "dropout", None)
         return self.classifier(dropout(pooled) if isinstance(dropout, nn.Dropout) else pooled)
 
-    def read_gendered(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def read_gendered(self, hidden: torch.Tensor, logits: torch.Tensor,
+                      open_positions: torch.Tensor | None = None) -> torch.Tensor:
         """The LM logits with the gendered words' readout correction (if any), which reads H_x."""
-        return logits if self.readout is None else self.readout(hidden, logits)
+        return logits if self.readout is None else self.readout(hidden, logits, open_positions)
+
+    def open_positions(self, input_ids: torch.Tensor, state: dict | None = None) -> torch.Tensor | None:
+        """Where the readout acts (:meth:`GenderedReadout.open_positions`); None: everywhere."""
+        return None if self.readout is None else self.readout.open_positions(input_ids, state)
 
     def softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
+             open_positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits from the last hidden states; subclasses change this and only this.
 
-        ``state`` carries what a head needs from earlier positions during cached generation.
+        ``state`` carries what a head needs from earlier positions during cached generation;
+        ``open_positions``: where the readout acts (:meth:`open_positions`).
         """
-        return self.read_gendered(hidden, self.base_head(hidden, attention_mask))
+        return self.read_gendered(hidden, self.base_head(hidden, attention_mask), open_positions)
 
     def forward(
         self,
@@ -236,7 +243,7 @@ class AdaptedModel(nn.Module):
         if self.objective is not None and self.training and labels is not None:
             return self.debiased_forward(input_ids, attention_mask, labels, twins, **kwargs)
         out = self.encode(input_ids, attention_mask, **kwargs)
-        logits = self.head(out.last_hidden_state, attention_mask)
+        logits = self.head(out.last_hidden_state, attention_mask, open_positions=self.open_positions(input_ids))
         return self.output(self.task_loss(logits, labels), logits, out)
 
     def debiased_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
@@ -261,7 +268,7 @@ class AdaptedModel(nn.Module):
             kwargs["token_type_ids"] = stacked([kwargs["token_type_ids"]]
                                                + [torch.zeros_like(p[0]) for p in parts[1:]], 0)
         out = self.encode(ids, mask, **kwargs)
-        logits = self.head(out.last_hidden_state, mask)
+        logits = self.head(out.last_hidden_state, mask, open_positions=self.open_positions(ids))
         own = logits[:len(input_ids), :input_ids.shape[1]] if lm else logits[:len(input_ids)]
         twin_logits = None
         if "twin_input_ids" in twins:
@@ -272,9 +279,10 @@ class AdaptedModel(nn.Module):
             probe_ids, probe_mask = twins["probe_input_ids"], twins["probe_attention_mask"]
             with torch.set_grad_enabled(self.objective.probes_train_model):
                 probe_hidden = self.encode(probe_ids, probe_mask).last_hidden_state
-                probe_logits = self.head(probe_hidden, probe_mask)
+                probe_open = self.open_positions(probe_ids)
+                probe_logits = self.head(probe_hidden, probe_mask, open_positions=probe_open)
             if self.readout is not None:  # the neutralizing term's gradient reaches the readout alone
-                readout_logits = self.readout.trained_alone(probe_hidden.detach(), probe_logits.detach())
+                readout_logits = self.readout.trained_alone(probe_hidden.detach(), probe_logits.detach(), probe_open)
         term = self.objective.loss(own, attention_mask, twin_logits, twins.get("twin_attention_mask"),
                                    twins.get("twin_source"), probe_logits, twins.get("probe_attention_mask"),
                                    readout_logits)
@@ -335,10 +343,11 @@ class AdaptedModel(nn.Module):
                 out = self.encode(new, mask, position_ids=positions[:, -new.shape[1]:],
                                   past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
-                logits = self.head(out.last_hidden_state, mask[:, -new.shape[1]:], state)[:, -1]
+                logits = self.head(out.last_hidden_state, mask[:, -new.shape[1]:], state,
+                                   open_positions=self.open_positions(new, state))[:, -1]
             else:
                 out = self.encode(ids, mask, position_ids=positions)
-                logits = self.head(out.last_hidden_state, mask)[:, -1]
+                logits = self.head(out.last_hidden_state, mask, open_positions=self.open_positions(ids))[:, -1]
             if do_sample:
                 probs = warpers(ids, logits.float()).softmax(-1)
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -21,6 +21,7 @@ MODES = ("cross", "self")
 EQUALIZE_POSITIONS = ("neutral", "all", "open")
 PROBE_SUBJECTS = ("name", "person")
 NEUTRALIZE_THROUGH = ("model", "readout")
+READOUT_WHERE = ("all", "open")
 
 
 #: Named settings, one per task, that ``CrawdConfig.preset(name, task)`` and ``--preset NAME`` give
@@ -33,7 +34,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     "neutral": {
         "lm": {"mode": "self", "equalize": 0.15, "equalize_positions": "open", "neutralize": 1.0,
-               "neutralize_through": "readout", "probe_subject": "person"},
+               "neutralize_through": "readout", "readout_where": "open", "probe_subject": "person"},
         "classification": {"mode": "self", "erase": True},
     },
 }
@@ -93,6 +94,9 @@ class CrawdConfig:
             one per word pair and the same for both of its sides, a linear function of H_x:
             :class:`crawd.counterfactual.GenderedReadout`, which the task loss trains too). The
             readout changes how likely a gendered word is, never which gender.
+        readout_where: where that readout acts: ``"all"`` (every position) or ``"open"`` (only
+            where no gendered word or first name has come yet in the text: once the text gave a
+            gender, gendered words are predicted as without the readout).
         erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden
             states and apply it to H_x before the block and head (:mod:`crawd.erasure`).
         erase_column: the training data's column holding the sensitive attribute.
@@ -125,6 +129,7 @@ class CrawdConfig:
     probe_subject: str = "name"
     probe_share: float = 1.0
     neutralize_through: str = "model"
+    readout_where: str = "all"
     erase: bool = False
     erase_column: str = "gender"
     erase_refit_steps: int = 50
@@ -162,6 +167,9 @@ class CrawdConfig:
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be a weight >= 0, got {value!r}")
         _check_choice("neutralize_through", self.neutralize_through, NEUTRALIZE_THROUGH)
+        _check_choice("readout_where", self.readout_where, READOUT_WHERE)
+        if self.readout_where != "all" and self.neutralize_through != "readout":
+            raise ValueError("readout_where places the readout of neutralize_through='readout': set that too")
         if self.neutralize_through == "readout" and self.neutralize == 0:
             raise ValueError("neutralize_through='readout' trains the readout with the neutralizing term: set "
                              "neutralize > 0")

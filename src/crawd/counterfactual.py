@@ -235,33 +235,67 @@ class GenderedClasses(nn.Module):
         return swap_kl, flat.logsumexp(-1) - logits.float().logsumexp(-1)
 
 
+def gender_giving_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int, swaps: dict[str, str],
+                         names: dict[str, str]) -> torch.Tensor:
+    """(vocab_size,) bool: the tokens that are, stripped, a word :func:`swap_text` would change
+    (a gendered word or first name) and that start a word (after another word they are set apart
+    by a space, or they are capitalised, as a text's first word is; so "son" inside "Jackson" is
+    not one): after one of them the text has given a gender."""
+    anchor = tokenizer("a", add_special_tokens=False)["input_ids"][-1:]
+    start = len(tokenizer.decode(anchor))
+    gives = torch.zeros(vocab_size, dtype=torch.bool)
+    for token in range(min(vocab_size, len(tokenizer))):
+        word = tokenizer.decode([token]).strip()
+        if word.isalpha() and first_gendered(word, swaps, names) == 0:
+            gives[token] = word[0].isupper() or tokenizer.decode(anchor + [token])[start:start + 1].isspace()
+    return gives
+
+
 class GenderedReadout(nn.Module):
     """A shift of the paired gendered words' logits: logits[..., t] += h . delta_{pair(t)}.
 
     One row of ``delta`` (P, d) per word pair, shared by both of its sides (he and she, his /
     him and her / hers, ...), so it changes how likely a gendered word is and never which gender.
     It starts at zero (the model is exactly its base); with ``neutralize_through="readout"`` the
-    neutralizing term trains it and no other weight.
+    neutralizing term trains it and no other weight. With ``gives_gender`` (a (V,) bool of the
+    tokens that give a gender, :func:`gender_giving_tokens`) it acts only at the open positions
+    (:meth:`open_positions`): where no such token has come yet.
     """
 
-    def __init__(self, pair_tokens: torch.Tensor, pair_valid: torch.Tensor, hidden_size: int) -> None:
+    def __init__(self, pair_tokens: torch.Tensor, pair_valid: torch.Tensor, hidden_size: int,
+                 gives_gender: torch.Tensor | None = None) -> None:
         super().__init__()
         pairs = torch.arange(len(pair_tokens))[:, None, None].expand_as(pair_tokens)
         self.register_buffer("tokens", pair_tokens[pair_valid], persistent=False)
         self.register_buffer("pair_of_token", pairs[pair_valid], persistent=False)
+        self.register_buffer("gives_gender", gives_gender, persistent=False)
         self.delta = nn.Parameter(torch.zeros(len(pair_tokens), hidden_size))
 
-    def shift(self, hidden: torch.Tensor) -> torch.Tensor:
+    def open_positions(self, ids: torch.Tensor, state: dict | None = None) -> torch.Tensor | None:
+        """(B, n) bool: positions at and before which no token of ``ids`` gives a gender (None: this
+        readout acts everywhere). ``state`` carries what came before ``ids`` in cached generation."""
+        if self.gives_gender is None:
+            return None
+        given = self.gives_gender[ids].cumsum(-1) > 0
+        if state is not None:
+            given = given | state.get("gender_given", torch.zeros_like(given[:, :1]))
+            state["gender_given"] = given[:, -1:]
+        return ~given
+
+    def shift(self, hidden: torch.Tensor, open_positions: torch.Tensor | None = None) -> torch.Tensor:
         """(..., T): what is added to the logit of each token in ``tokens``."""
-        return (hidden @ self.delta.to(hidden.dtype).T)[..., self.pair_of_token]
+        shift = (hidden @ self.delta.to(hidden.dtype).T)[..., self.pair_of_token]
+        return shift if open_positions is None else shift * open_positions[..., None]
 
-    def forward(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
-        return logits.index_add(-1, self.tokens, self.shift(hidden).to(logits.dtype))
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor,
+                open_positions: torch.Tensor | None = None) -> torch.Tensor:
+        return logits.index_add(-1, self.tokens, self.shift(hidden, open_positions).to(logits.dtype))
 
-    def trained_alone(self, hidden: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    def trained_alone(self, hidden: torch.Tensor, logits: torch.Tensor,
+                      open_positions: torch.Tensor | None = None) -> torch.Tensor:
         """``logits`` (computed without gradient, this readout's shift included) with a gradient
         that reaches ``delta`` alone, as if the readout were the only trainable weight."""
-        shift = self.shift(hidden).to(logits.dtype)
+        shift = self.shift(hidden, open_positions).to(logits.dtype)
         return logits.index_add(-1, self.tokens, shift - shift.detach())
 
 
@@ -293,10 +327,12 @@ class DebiasObjective(nn.Module):
                                  "tokenizer (he / she, his / her, ...)")
             self.classes = GenderedClasses(vocab_size, bipartite_groups(word_ids + name_ids),
                                            {t for pair in word_ids for t in pair})
+        self.gives_gender = (gender_giving_tokens(tokenizer, vocab_size, swaps, names)
+                             if config.neutralize_through == "readout" and config.readout_where == "open" else None)
 
     def readout(self, hidden_size: int) -> GenderedReadout:
         """A zero-started :class:`GenderedReadout` of the paired gendered words."""
-        return GenderedReadout(self.classes.pair_tokens, self.classes.pair_valid, hidden_size)
+        return GenderedReadout(self.classes.pair_tokens, self.classes.pair_valid, hidden_size, self.gives_gender)
 
     @staticmethod
     def wanted(config: CrawdConfig) -> bool:

@@ -135,7 +135,7 @@ class CrawdModel(AdaptedModel):
         if joint is None:
             return super().forward(input_ids, attention_mask, labels, **kwargs)
         hidden, h_b = joint
-        logits = self.head(hidden, attention_mask, reference=h_b)
+        logits = self.head(hidden, attention_mask, open_positions=self.open_positions(input_ids), reference=h_b)
         return self.output(self.task_loss(logits, labels), logits, BaseModelOutputWithPast(last_hidden_state=hidden))
 
     def encode_with_reference(self, input_ids: torch.Tensor,
@@ -248,12 +248,14 @@ class CrawdModel(AdaptedModel):
 
     # ---- head ---------------------------------------------------------------------------
     def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
-             reference: torch.Tensor | None = None) -> torch.Tensor:
+             open_positions: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> torch.Tensor:
         h_cross = self.cross_states(hidden, attention_mask, state, reference)[0]
         if self.config.head == "residual":
-            return self.read_gendered(hidden, self.base_head(hidden + self.cross_proj(h_cross), attention_mask))
+            return self.read_gendered(hidden, self.base_head(hidden + self.cross_proj(h_cross), attention_mask),
+                                      open_positions)
         if self.task == "lm":
-            return self.read_gendered(hidden, self.softcap(self.concat_head(torch.cat([hidden, h_cross], dim=-1))))
+            return self.read_gendered(hidden, self.softcap(self.concat_head(torch.cat([hidden, h_cross], dim=-1))),
+                                      open_positions)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pooled = torch.cat([self.pooled(hidden, attention_mask), h_cross[rows, self.pool_index(attention_mask)]], -1)
         dropout = getattr(self.hf, "dropout", None)
