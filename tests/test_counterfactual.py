@@ -372,5 +372,5 @@ def test_the_readout_needs_the_neutralizing_term():
         CrawdConfig(neutralize_through="readout")
     with pytest.raises(ValueError, match="neutralize_through must be one of 'model', 'readout', got 'body'"):
         CrawdConfig(neutralize=1.0, neutralize_through="body")
-    with pytest.raises(ValueError, match="readout_where places the readout of neutralize_through='readout'"):
+    with pytest.raises(ValueError, match="readout_where='open' places the readout of neutralize_through='readout': set that too"):
         CrawdConfig(neutralize=1.0, readout_where="open")

@@ -169,7 +169,8 @@ class CrawdConfig:
         _check_choice("neutralize_through", self.neutralize_through, NEUTRALIZE_THROUGH)
         _check_choice("readout_where", self.readout_where, READOUT_WHERE)
         if self.readout_where != "all" and self.neutralize_through != "readout":
-            raise ValueError("readout_where places the readout of neutralize_through='readout': set that too")
+            raise ValueError(f"readout_where={self.readout_where!r} places the readout of neutralize_through='readout'"
+                             ": set that too")
         if self.neutralize_through == "readout" and self.neutralize == 0:
             raise ValueError("neutralize_through='readout' trains the readout with the neutralizing term: set "
                              "neutralize > 0")
