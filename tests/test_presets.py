@@ -72,9 +72,7 @@ def test_the_neutral_readout_starts_at_zero_on_the_real_smollm2_and_pairs_its_wo
     he, she, his, her = (tok.convert_tokens_to_ids(t) for t in ("Ġhe", "Ġshe", "Ġhis", "Ġher"))
     pair = dict(zip(readout.tokens.tolist(), readout.pair_of_token.tolist()))
     assert pair[he] == pair[she] and pair[his] == pair[her] and pair[he] != pair[his]
-    from crawd.counterfactual import gender_giving_tokens
-    from crawd.lexicon import gender_lexicon
-
-    gives = gender_giving_tokens(tok, base.config.vocab_size, *gender_lexicon(None))
-    marked = {t for t in ("Ġson", "He", "ĠMary", "Ġher", "son", "Ġnurse", "Ġperson") if gives[tok.convert_tokens_to_ids(t)]}
+    # the preset's readout acts only where the gender is open: before the first token that gives one
+    marked = {t for t in ("Ġson", "He", "ĠMary", "Ġher", "son", "Ġnurse", "Ġperson")
+              if readout.gives_gender[tok.convert_tokens_to_ids(t)]}
     assert marked == {"Ġson", "He", "ĠMary", "Ġher"}  # "son" without its space is inside a word (Jackson)
