@@ -349,7 +349,7 @@ def test_an_open_readout_acts_only_before_the_text_gives_a_gender(tokenizer, mod
     assert torch.equal(gated[0, 4:], without[0, 4:])
 
 
-@pytest.mark.parametrize("mode,where", [("cross", "all"), ("self", "all"), ("self", "open")])
+@pytest.mark.parametrize("mode,where", [("cross", "all"), ("cross", "open"), ("self", "all"), ("self", "open")])
 def test_a_trained_readout_is_saved_loaded_and_used_in_cached_generation(tmp_path, tokenizer, mode, where):
     model = objective_model(tokenizer, mode=mode, readout_where=where, **READOUT).eval()
     enc = tokenized_batch(tokenizer, texts=("the nurse said that", "he works as a doctor in the"), side="left")
