@@ -3,6 +3,7 @@ collator (so the probes and twins a preset adds are in the batch, unlike `crawd 
 
     OMP_NUM_THREADS=1 python benchmarks/preset_step_time.py                  # SmolLM2-135M, 8 x 48, CPU time
     OMP_NUM_THREADS=1 python benchmarks/preset_step_time.py --presets debias,neutral --rounds 7
+    OMP_NUM_THREADS=1 python benchmarks/preset_step_time.py --presets neutral,neutral@probe_share=0.5
 
 One step = forward, backward and an AdamW update. The variants take turns, one step each per round,
 so a slower stretch of a shared machine hits them alike; the figure is the median per variant.
@@ -15,6 +16,7 @@ import statistics
 import time
 
 import torch
+import yaml
 
 from crawd import CrawdConfig, adapt, wrap
 from crawd.data.bios import synthetic_bios
@@ -25,7 +27,8 @@ from crawd.train import Collator
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="smollm2-135m", help="alias, local folder or hub id")
-    p.add_argument("--presets", default="debias,neutral", help="comma-separated preset names")
+    p.add_argument("--presets", default="debias,neutral",
+                   help="comma-separated preset names, each optionally with @key=value overrides (neutral@probe_share=0.5)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=48)
     p.add_argument("--rounds", type=int, default=7)
@@ -33,6 +36,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timer", default="cpu", choices=("wall", "cpu"),
                    help="this process's CPU time (robust on a shared machine with OMP_NUM_THREADS=1), or wall clock")
     return p.parse_args(argv)
+
+
+def preset_config(variant: str) -> CrawdConfig:
+    """``neutral@probe_share=0.5@equalize=0.3``: the preset with those fields overridden (values as YAML)."""
+    name, *overrides = variant.split("@")
+    fields = {key: yaml.safe_load(value) for key, value in (o.split("=", 1) for o in overrides)}
+    return CrawdConfig.preset(name, "lm", **fields)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
     for name in ["vanilla", *args.presets.split(",")]:
         torch.manual_seed(0)
         base, tokenizer = load_model(args.model, "lm")
-        model = adapt(base, tokenizer) if name == "vanilla" else wrap(base, tokenizer, CrawdConfig.preset(name, "lm"))
+        model = adapt(base, tokenizer) if name == "vanilla" else wrap(base, tokenizer, preset_config(name))
         collate = Collator(tokenizer, "lm")
         if model.objective is not None:
             collate = model.objective.collator(collate, tokenizer)

@@ -23,12 +23,6 @@ from crawd.models import load_model
 from crawd.train import Collator
 
 
-def detach_input(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-    if args:
-        return (args[0].detach(), *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=7)
@@ -38,7 +32,6 @@ def main() -> None:
     base, tokenizer = load_model("smollm2-135m", "lm")
     model = wrap(base, tokenizer, CrawdConfig.preset("neutral", "lm")).train()
     collate = model.objective.collator(Collator(tokenizer, "lm"), tokenizer)
-    layers = model.backbone.layers
     times: dict[str, list[float]] = {}
 
     def timed(name: str, run: Callable[[], object], keep: bool) -> None:
@@ -62,10 +55,9 @@ def main() -> None:
             timed("probes: forward alone", lambda: probe_terms(probe_ids, probe_mask), keep)
         timed("probes: forward and backward", lambda: probe_terms(probe_ids, probe_mask).backward(), keep)
         for last in map(int, args.last_layers.split(",")):
-            hook = layers[len(layers) - last].register_forward_pre_hook(detach_input, with_kwargs=True)
-            timed(f"probes: backward through the last {last} layers", lambda: probe_terms(probe_ids, probe_mask)
-                  .backward(), keep)
-            hook.remove()
+            with model.gradient_through_last(last):  # what probe_backward_layers=last does
+                timed(f"probes: backward through the last {last} layers", lambda: probe_terms(probe_ids, probe_mask)
+                      .backward(), keep)
         model.zero_grad(set_to_none=True)
     print(f"SmolLM2-135M, rows {tuple(ids.shape)}, probes {tuple(probe_ids.shape)} in the last batch; "
           f"CPU time, median of {args.batches} batches")

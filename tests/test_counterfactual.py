@@ -374,3 +374,47 @@ def test_the_readout_needs_the_neutralizing_term():
         CrawdConfig(neutralize=1.0, neutralize_through="body")
     with pytest.raises(ValueError, match="readout_where='open' places the readout of neutralize_through='readout': set that too"):
         CrawdConfig(neutralize=1.0, readout_where="open")
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_probe_gradient_reaches_only_the_last_layers_asked(tokenizer, arch):
+    fields = {"mode": "self", "equalize": 1.0, "equalize_positions": "open", "lora_dropout": 0.0}
+    model = crawd.wrap(tiny_model(arch), tokenizer, CrawdConfig(num_heads=4, probe_backward_layers=1, **fields))
+    full = crawd.wrap(tiny_model(arch), tokenizer, CrawdConfig(num_heads=4, **fields))
+    full.load_state_dict(model.state_dict())
+    batch = model.objective.collator(Collator(tokenizer, "lm"), tokenizer)(
+        [dict(tokenizer(t)) for t in ("the nurse said that she works", "a doctor is a man")])
+    lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
+    for p in lora_b.values():  # peft starts B at zero: give the probes' gradient a path into every layer
+        torch.nn.init.normal_(p, std=0.02)
+    full.load_state_dict(model.state_dict())
+    layer_of = {n: int(n.split(".layers.")[-1].split(".")[0]) if ".layers." in n
+                else int(n.split(".h.")[-1].split(".")[0]) for n in lora_b}
+    last = max(layer_of.values())
+
+    def probe_gradients(wrapped):
+        wrapped.train()
+        wrapped.zero_grad()
+        torch.manual_seed(0)  # GPT-2's own dropout draws alike in both models
+        with_terms = wrapped(**batch).loss
+        with_terms.backward()
+        grads = {n: p.grad.clone() for n, p in wrapped.named_parameters() if "lora_B" in n}
+        wrapped.zero_grad()
+        wrapped.objective.equalize = 0.0
+        torch.manual_seed(0)
+        wrapped(**batch).loss.backward()
+        wrapped.objective.equalize = 1.0
+        return with_terms.item(), {n: grads[n] - p.grad for n, p in wrapped.named_parameters() if "lora_B" in n}
+
+    loss, cut = probe_gradients(model)
+    full_loss, uncut = probe_gradients(full)
+    assert loss == pytest.approx(full_loss, rel=1e-6)  # the same values; only the backward pass stops early
+    for name, layer in layer_of.items():
+        if layer < last:
+            assert cut[name].abs().max() == 0, name
+            assert uncut[name].abs().max() > 0, name
+    assert any(cut[n].abs().max() > 0 for n, layer in layer_of.items() if layer == last)
+    with pytest.raises(ValueError, match="probe_backward_layers=9, but the model has 2 layers"):
+        crawd.wrap(tiny_model(arch), tokenizer, CrawdConfig(num_heads=4, probe_backward_layers=9, **fields))
+    with pytest.raises(ValueError, match="probe_backward_layers must be a whole number >= 1 or None, got 0"):
+        CrawdConfig(probe_backward_layers=0)

@@ -7,6 +7,8 @@ cached generation loop and adapter-only saving, so a comparison differs in the m
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -93,6 +95,9 @@ class AdaptedModel(nn.Module):
         self.readout: GenderedReadout | None = None
         if self.config.neutralize_through == "readout" and self.objective is not None:
             self.readout = self.objective.readout(self.hidden_size).to(next(self.hf.parameters()).device)
+        layers = self.config.probe_backward_layers
+        if layers is not None and layers > len(self.body_layers):
+            raise ValueError(f"probe_backward_layers={layers}, but the model has {len(self.body_layers)} layers")
 
     # ---- the pieces of the base model -------------------------------------------------
     @property
@@ -277,7 +282,8 @@ class AdaptedModel(nn.Module):
         probe_logits = readout_logits = None
         if "probe_input_ids" in twins:  # causal LMs only
             probe_ids, probe_mask = twins["probe_input_ids"], twins["probe_attention_mask"]
-            with torch.set_grad_enabled(self.objective.probes_train_model):
+            with torch.set_grad_enabled(self.objective.probes_train_model), self.gradient_through_last(
+                    self.config.probe_backward_layers):
                 probe_hidden = self.encode(probe_ids, probe_mask).last_hidden_state
                 probe_open = self.open_positions(probe_ids)
                 probe_logits = self.head(probe_hidden, probe_mask, open_positions=probe_open)
@@ -287,6 +293,35 @@ class AdaptedModel(nn.Module):
                                    twins.get("twin_source"), probe_logits, twins.get("probe_attention_mask"),
                                    readout_logits)
         return self.output(self.task_loss(logits, all_labels) + term, own, out)
+
+    @contextlib.contextmanager
+    def gradient_through_last(self, count: int | None) -> Iterator[None]:
+        """Within it, the body's hidden states entering its last ``count`` layers are detached
+        (``None``: nothing is), so a backward pass stops there."""
+        if count is None:
+            yield
+            return
+        layers = self.body_layers
+
+        def detached(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            if args:
+                return (args[0].detach(), *args[1:]), kwargs
+            return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
+
+        hook = layers[len(layers) - count].register_forward_pre_hook(detached, with_kwargs=True)
+        try:
+            yield
+        finally:
+            hook.remove()
+
+    @property
+    def body_layers(self) -> nn.ModuleList:
+        """The body's stack of transformer layers (``layers``, ``h`` or ``layer``)."""
+        count = self.hf.config.num_hidden_layers
+        for module in self.backbone.modules():
+            if isinstance(module, nn.ModuleList) and len(module) == count:
+                return module
+        raise ValueError(f"no list of {count} layers found in {type(self.backbone).__name__}")
 
     def task_loss(self, logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
         """Mean cross-entropy: next token (labels shifted inside, -100 ignored) or class."""

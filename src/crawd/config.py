@@ -89,6 +89,10 @@ class CrawdConfig:
             by gender-neutral ones) or ``"person"`` (first name and surname replaced by "the person").
         probe_share: the share of a batch's rows that get a probe, in (0, 1] (the probe terms are
             means over probes: fewer probes give the same expected term at a lower cost per step).
+        probe_backward_layers: the probe terms' gradient reaches only the body's last this many
+            layers (``None``: every layer): the hidden states entering them are detached in the
+            probes' pass, so its backward pass stops there (a cheaper step; the task loss still
+            trains every layer).
         neutralize_through: what the neutralizing term trains: ``"model"`` (every trainable
             weight) or ``"readout"`` (only a zero-started shift of the gendered words' logits,
             one per word pair and the same for both of its sides, a linear function of H_x:
@@ -128,6 +132,7 @@ class CrawdConfig:
     neutralize: float = 0.0
     probe_subject: str = "name"
     probe_share: float = 1.0
+    probe_backward_layers: int | None = None
     neutralize_through: str = "model"
     readout_where: str = "all"
     erase: bool = False
@@ -154,6 +159,10 @@ class CrawdConfig:
         if isinstance(self.probe_share, bool) or not isinstance(self.probe_share, (int, float)) \
                 or not 0 < self.probe_share <= 1:
             raise ValueError(f"probe_share must be in (0, 1], got {self.probe_share!r}")
+        if self.probe_backward_layers is not None and (isinstance(self.probe_backward_layers, bool) or not isinstance(
+                self.probe_backward_layers, int) or self.probe_backward_layers < 1):
+            raise ValueError(f"probe_backward_layers must be a whole number >= 1 or None, got "
+                             f"{self.probe_backward_layers!r}")
         _check_range("decay", self.decay, 0.0, 1.0)
         _check_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
         _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
