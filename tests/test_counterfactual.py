@@ -381,7 +381,6 @@ def test_probe_gradient_reaches_only_the_last_layers_asked(tokenizer, arch):
     fields = {"mode": "self", "equalize": 1.0, "equalize_positions": "open", "lora_dropout": 0.0}
     model = crawd.wrap(tiny_model(arch), tokenizer, CrawdConfig(num_heads=4, probe_backward_layers=1, **fields))
     full = crawd.wrap(tiny_model(arch), tokenizer, CrawdConfig(num_heads=4, **fields))
-    full.load_state_dict(model.state_dict())
     batch = model.objective.collator(Collator(tokenizer, "lm"), tokenizer)(
         [dict(tokenizer(t)) for t in ("the nurse said that she works", "a doctor is a man")])
     lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
