@@ -43,7 +43,8 @@ def main() -> None:
             readout.gives_gender = gate
             print(f"| {folder} | {label} | {scores(model, args.data_dir)} |", flush=True)
         with torch.no_grad():
-            readout.delta.zero_()
+            for weight in readout.parameters():
+                weight.zero_()
         print(f"| {folder} | removed | {scores(model, args.data_dir)} |", flush=True)
 
 

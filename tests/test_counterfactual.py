@@ -271,6 +271,7 @@ def test_a_classifier_trains_with_its_twins(tmp_path, tokenizer):
 
 READOUT = {"equalize": 1.0, "equalize_positions": "open", "neutralize": 1.0, "probe_subject": "person",
            "neutralize_through": "readout"}
+EVENING = {**READOUT, "equalize_through": "readout"}
 
 
 def test_the_readout_shifts_both_sides_of_each_pair_alike_by_hand(tokenizer):
@@ -291,6 +292,57 @@ def test_the_readout_shifts_both_sides_of_each_pair_alike_by_hand(tokenizer):
     assert not torch.allclose(shift["he"], shift["man"])  # one row per pair
     others = [t for t in range(len(tokenizer)) if t not in readout.tokens.tolist()]
     assert torch.equal(out[..., others], logits[..., others])
+
+
+def test_the_gate_evens_each_pair_by_hand(tokenizer):
+    model = objective_model(tokenizer, mode="self", **EVENING).eval()
+    readout = model.readout
+    assert readout.parts == ("delta", "gate")
+    hidden, logits = torch.randn(2, 3, 32), torch.randn(2, 3, len(tokenizer))
+    assert torch.equal(readout(hidden, logits), logits)  # zero-started: exactly the base
+    he, she, his, him, her, hers = tokenizer.convert_tokens_to_ids(["he", "she", "his", "him", "her", "hers"])
+    hidden = torch.zeros(2, 3, 32)
+    hidden[0, :, 0], hidden[1, :, 0] = 1.0, 0.5  # g = 1 in the first row, 0.5 in the second
+    with torch.no_grad():
+        readout.gate[0] = 1.0
+    out = readout(hidden, logits)
+    for sides in (([he], [she]), ([his, him], [her, hers])):  # the readout's sides
+        before = [logits[..., side].logsumexp(-1) for side in sides]
+        after = [out[..., side].logsumexp(-1) for side in sides]
+        even = torch.logaddexp(*before) - math.log(2)
+        assert torch.allclose(after[0][0], even[0], atol=1e-5) and torch.allclose(after[1][0], even[0], atol=1e-5)
+        for b, a in zip(before, after):  # halfway in log-probability at g = 0.5
+            assert torch.allclose(a[1], (b[1] + even[1]) / 2, atol=1e-5)
+    assert torch.allclose(out[..., his] - logits[..., his], out[..., him] - logits[..., him])  # a side moves as one
+    others = [t for t in range(len(tokenizer)) if t not in readout.tokens.tolist()]
+    assert torch.equal(out[..., others], logits[..., others])
+
+
+def test_through_the_readout_the_equalizing_term_trains_the_gate_alone_and_probes_need_no_backward(tokenizer):
+    model = objective_model(tokenizer, mode="self", lora_dropout=0.0, dropout=0.0, **EVENING).train()
+    batch = model.objective.collator(Collator(tokenizer, "lm"), tokenizer)(
+        [dict(tokenizer(t)) for t in ("the nurse said that she works", "a doctor is a man")])
+    with torch.no_grad():  # a state where the next gendered word is not already even
+        model.readout.gate.normal_(std=0.5)
+    assert not model.objective.probes_train_model
+
+    def gradients():
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    with_terms, grads = gradients()
+    model.objective.equalize = 0.0
+    without_equalizing, no_eq = gradients()
+    model.objective.neutralize = 0.0
+    task_alone, task = gradients()
+    assert with_terms > without_equalizing > task_alone
+    assert not torch.allclose(grads["readout.gate"], no_eq["readout.gate"])  # the equalizing term moves the gate
+    assert torch.allclose(grads["readout.delta"], no_eq["readout.delta"], atol=1e-7)  # and not the shared shift
+    for name in task:  # neither term reaches a weight outside the readout
+        if not name.startswith("readout."):
+            assert torch.allclose(grads[name], task[name], atol=1e-7), name
 
 
 @pytest.mark.parametrize("mode,head,equalize", [("cross", "concat", 1.0), ("cross", "residual", 0.0),
@@ -349,13 +401,16 @@ def test_an_open_readout_acts_only_before_the_text_gives_a_gender(tokenizer, mod
     assert torch.equal(gated[0, 4:], without[0, 4:])
 
 
-@pytest.mark.parametrize("mode,where", [("cross", "all"), ("cross", "open"), ("self", "all"), ("self", "open")])
-def test_a_trained_readout_is_saved_loaded_and_used_in_cached_generation(tmp_path, tokenizer, mode, where):
-    model = objective_model(tokenizer, mode=mode, readout_where=where, **READOUT).eval()
+@pytest.mark.parametrize("mode,where,fields", [("cross", "all", READOUT), ("cross", "open", READOUT),
+                                               ("self", "all", READOUT), ("self", "open", READOUT),
+                                               ("self", "open", EVENING), ("cross", "all", EVENING)])
+def test_a_trained_readout_is_saved_loaded_and_used_in_cached_generation(tmp_path, tokenizer, mode, where, fields):
+    model = objective_model(tokenizer, mode=mode, readout_where=where, **fields).eval()
     enc = tokenized_batch(tokenizer, texts=("the nurse said that", "he works as a doctor in the"), side="left")
     with torch.no_grad():
         before = model(**enc).logits
-        model.readout.delta.normal_()
+        for weight in model.readout.parameters():
+            weight.normal_()
         after = model(**enc).logits
     assert (after - before).abs().max() > 1e-3
     model.save_pretrained(tmp_path)
@@ -366,14 +421,22 @@ def test_a_trained_readout_is_saved_loaded_and_used_in_cached_generation(tmp_pat
     assert torch.equal(cached, loaded.generate(**enc, max_new_tokens=6, eos_token_id=-1, use_cache=False))
 
 
-def test_the_readout_needs_the_neutralizing_term():
+def test_the_readout_needs_a_term_through_it():
     with pytest.raises(ValueError, match="neutralize_through='readout' trains the readout with the neutralizing "
                                          "term: set neutralize > 0"):
         CrawdConfig(neutralize_through="readout")
     with pytest.raises(ValueError, match="neutralize_through must be one of 'model', 'readout', got 'body'"):
         CrawdConfig(neutralize=1.0, neutralize_through="body")
-    with pytest.raises(ValueError, match="readout_where='open' places the readout of neutralize_through='readout': set that too"):
+    with pytest.raises(ValueError, match="readout_where='open' places the readout of neutralize_through='readout' "
+                                         "or equalize_through='readout': set one of them"):
         CrawdConfig(neutralize=1.0, readout_where="open")
+    with pytest.raises(ValueError, match="equalize_through='readout' trains the readout with the equalizing term where "
+                                         "the gender is open: set equalize > 0 and equalize_positions='open'"):
+        CrawdConfig(equalize=1.0, equalize_through="readout")
+    with pytest.raises(ValueError, match="equalize_through must be one of 'model', 'readout', got 'head'"):
+        CrawdConfig(equalize=1.0, equalize_positions="open", equalize_through="head")
+    evening_only = CrawdConfig(equalize=1.0, equalize_positions="open", equalize_through="readout", readout_where="open")
+    assert evening_only.has_readout and not CrawdConfig().has_readout
 
 
 @pytest.mark.parametrize("arch", ["llama", "gpt2"])

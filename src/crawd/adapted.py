@@ -93,7 +93,7 @@ class AdaptedModel(nn.Module):
             swaps, names = gender_lexicon(wordlist_dir(self.config))
             self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config)
         self.readout: GenderedReadout | None = None
-        if self.config.neutralize_through == "readout" and self.objective is not None:
+        if self.config.has_readout and self.objective is not None:
             self.readout = self.objective.readout(self.hidden_size).to(next(self.hf.parameters()).device)
         layers = self.config.probe_backward_layers
         if layers is not None and layers > len(self.body_layers):
@@ -286,9 +286,12 @@ class AdaptedModel(nn.Module):
                     self.config.probe_backward_layers):
                 probe_hidden = self.encode(probe_ids, probe_mask).last_hidden_state
                 probe_open = self.open_positions(probe_ids)
-                probe_logits = self.head(probe_hidden, probe_mask, open_positions=probe_open)
-            if self.readout is not None:  # the neutralizing term's gradient reaches the readout alone
-                readout_logits = self.readout.trained_alone(probe_hidden.detach(), probe_logits.detach(), probe_open)
+                nowhere = torch.zeros_like(probe_mask, dtype=torch.bool)  # the logits before the readout
+                before_readout = self.head(probe_hidden, probe_mask, open_positions=nowhere)
+                probe_logits = self.read_gendered(probe_hidden, before_readout, probe_open)
+            if self.readout is not None:  # the gradient of the terms through the readout reaches it alone
+                readout_logits = {part: self.readout(probe_hidden.detach(), before_readout.detach(), probe_open, part)
+                                  for part in self.readout.parts}
         term = self.objective.loss(own, attention_mask, twin_logits, twins.get("twin_attention_mask"),
                                    twins.get("twin_source"), probe_logits, twins.get("probe_attention_mask"),
                                    readout_logits)

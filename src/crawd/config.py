@@ -20,7 +20,7 @@ SCOPES = ("example", "row")
 MODES = ("cross", "self")
 EQUALIZE_POSITIONS = ("neutral", "all", "open")
 PROBE_SUBJECTS = ("name", "person")
-NEUTRALIZE_THROUGH = ("model", "readout")
+TERM_THROUGH = ("model", "readout")
 READOUT_WHERE = ("all", "open")
 
 
@@ -33,8 +33,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "classification": {"mode": "self", "erase": True},
     },
     "neutral": {
-        "lm": {"mode": "self", "equalize": 0.15, "equalize_positions": "open", "neutralize": 1.0,
-               "neutralize_through": "readout", "readout_where": "open", "probe_subject": "person"},
+        "lm": {"mode": "self", "equalize": 0.1, "equalize_positions": "open", "equalize_through": "readout",
+               "neutralize": 1.0, "neutralize_through": "readout", "readout_where": "open", "probe_subject": "person",
+               "probe_share": 0.25},
         "classification": {"mode": "self", "erase": True},
     },
 }
@@ -98,7 +99,12 @@ class CrawdConfig:
             one per word pair and the same for both of its sides, a linear function of H_x:
             :class:`crawd.counterfactual.GenderedReadout`, which the task loss trains too). The
             readout changes how likely a gendered word is, never which gender.
-        readout_where: where that readout acts: ``"all"`` (every position) or ``"open"`` (only
+        equalize_through: what the equalizing term of ``equalize_positions="open"`` trains:
+            ``"model"`` (every trainable weight) or ``"readout"`` (only a zero-started gate of the
+            readout, g = H_x . gate, that moves each gendered pair a share g of the way to an even
+            split of its probability: it changes which gender, not how likely a gendered word is;
+            the task loss trains it too; the probes then need no backward pass).
+        readout_where: where the readout acts: ``"all"`` (every position) or ``"open"`` (only
             where no gendered word or first name has come yet in the text: once the text gave a
             gender, gendered words are predicted as without the readout).
         erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden
@@ -134,6 +140,7 @@ class CrawdConfig:
     probe_share: float = 1.0
     probe_backward_layers: int | None = None
     neutralize_through: str = "model"
+    equalize_through: str = "model"
     readout_where: str = "all"
     erase: bool = False
     erase_column: str = "gender"
@@ -175,14 +182,18 @@ class CrawdConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be a weight >= 0, got {value!r}")
-        _check_choice("neutralize_through", self.neutralize_through, NEUTRALIZE_THROUGH)
+        _check_choice("neutralize_through", self.neutralize_through, TERM_THROUGH)
+        _check_choice("equalize_through", self.equalize_through, TERM_THROUGH)
         _check_choice("readout_where", self.readout_where, READOUT_WHERE)
-        if self.readout_where != "all" and self.neutralize_through != "readout":
+        if self.readout_where != "all" and not self.has_readout:
             raise ValueError(f"readout_where={self.readout_where!r} places the readout of neutralize_through='readout'"
-                             ": set that too")
+                             " or equalize_through='readout': set one of them")
         if self.neutralize_through == "readout" and self.neutralize == 0:
             raise ValueError("neutralize_through='readout' trains the readout with the neutralizing term: set "
                              "neutralize > 0")
+        if self.equalize_through == "readout" and (self.equalize == 0 or self.equalize_positions != "open"):
+            raise ValueError("equalize_through='readout' trains the readout with the equalizing term where the gender "
+                             "is open: set equalize > 0 and equalize_positions='open'")
         if not isinstance(self.erase_refit_steps, int) or self.erase_refit_steps < 0:
             raise ValueError(f"erase_refit_steps must be an integer >= 0, got {self.erase_refit_steps!r}")
         for name in ("num_heads", "lora_r", "lora_alpha", "erase_fit_rows"):
@@ -191,6 +202,11 @@ class CrawdConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.ffn_dim is not None and (not isinstance(self.ffn_dim, int) or self.ffn_dim < 1):
             raise ValueError(f"ffn_dim must be a positive integer or None, got {self.ffn_dim!r}")
+
+    @property
+    def has_readout(self) -> bool:
+        """Whether a term trains the gendered words' readout (:class:`crawd.counterfactual.GenderedReadout`)."""
+        return self.neutralize_through == "readout" or self.equalize_through == "readout"
 
     @property
     def words(self) -> tuple[str, ...]:

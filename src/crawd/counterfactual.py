@@ -252,24 +252,33 @@ def gender_giving_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int, sw
 
 
 class GenderedReadout(nn.Module):
-    """A shift of the paired gendered words' logits: logits[..., t] += h . delta_{pair(t)}.
+    """A correction of the paired gendered words' logits by linear functions of the last hidden state h.
 
-    One row of ``delta`` (P, d) per word pair, shared by both of its sides (he and she, his /
-    him and her / hers, ...), so it changes how likely a gendered word is and never which gender.
-    It starts at zero (the model is exactly its base); with ``neutralize_through="readout"`` the
-    neutralizing term trains it and no other weight. With ``gives_gender`` (a (V,) bool of the
+    ``delta`` (P, d; with ``shared``): logits[..., t] += h . delta_{pair(t)}, the same for both sides
+    of each word pair (he and she, his / him and her / hers, ...), so it changes how likely a
+    gendered word is and never which gender (the neutralizing term's). ``gate`` (d; with ``evening``):
+    g = h . gate moves each side's log-probability a share g of the way to an even split of its
+    pair's probability (g = 1: both sides equally likely, their sum unchanged), so it changes which
+    gender and, for g in [0, 1], barely how likely a gendered word is (the equalizing term's; one gate
+    for every pair and spelling, so what it learns where "She" comes next holds where " she" does).
+    Both start at zero (the model is exactly its base). With ``gives_gender`` (a (V,) bool of the
     tokens that give a gender, :func:`gender_giving_tokens`) it acts only at the open positions
     (:meth:`open_positions`): where no such token has come yet.
     """
 
     def __init__(self, pair_tokens: torch.Tensor, pair_valid: torch.Tensor, hidden_size: int,
-                 gives_gender: torch.Tensor | None = None) -> None:
+                 gives_gender: torch.Tensor | None = None, shared: bool = True, evening: bool = False) -> None:
         super().__init__()
         pairs = torch.arange(len(pair_tokens))[:, None, None].expand_as(pair_tokens)
+        sides = torch.arange(2)[None, :, None].expand_as(pair_tokens)
+        self.register_buffer("pair_tokens", pair_tokens, persistent=False)
+        self.register_buffer("pair_valid", pair_valid, persistent=False)
         self.register_buffer("tokens", pair_tokens[pair_valid], persistent=False)
         self.register_buffer("pair_of_token", pairs[pair_valid], persistent=False)
+        self.register_buffer("side_of_token", sides[pair_valid], persistent=False)
         self.register_buffer("gives_gender", gives_gender, persistent=False)
-        self.delta = nn.Parameter(torch.zeros(len(pair_tokens), hidden_size))
+        self.delta = nn.Parameter(torch.zeros(len(pair_tokens), hidden_size)) if shared else None
+        self.gate = nn.Parameter(torch.zeros(hidden_size)) if evening else None
 
     def open_positions(self, ids: torch.Tensor, state: dict | None = None) -> torch.Tensor | None:
         """(B, n) bool: positions at and before which no token of ``ids`` gives a gender (None: this
@@ -282,21 +291,32 @@ class GenderedReadout(nn.Module):
             state["gender_given"] = given[:, -1:]
         return ~given
 
-    def shift(self, hidden: torch.Tensor, open_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """(..., T): what is added to the logit of each token in ``tokens``."""
-        shift = (hidden @ self.delta.to(hidden.dtype).T)[..., self.pair_of_token]
-        return shift if open_positions is None else shift * open_positions[..., None]
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The parts this readout has: ``"delta"`` (the shared shift) and / or ``"gate"`` (the evening)."""
+        return tuple(name for name in ("delta", "gate") if getattr(self, name) is not None)
 
-    def forward(self, hidden: torch.Tensor, logits: torch.Tensor,
-                open_positions: torch.Tensor | None = None) -> torch.Tensor:
-        return logits.index_add(-1, self.tokens, self.shift(hidden, open_positions).to(logits.dtype))
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, open_positions: torch.Tensor | None = None,
+                trained: str | None = None) -> torch.Tensor:
+        """``logits`` corrected. ``trained``: a part whose weight alone gets a gradient (pass ``hidden`` and
+        ``logits`` detached: the terms through the readout train it as if it were the only weight)."""
+        def weight(part: str) -> torch.Tensor:
+            value = getattr(self, part)
+            return (value if trained in (None, part) else value.detach()).to(hidden.dtype)
 
-    def trained_alone(self, hidden: torch.Tensor, logits: torch.Tensor,
-                      open_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """``logits`` (computed without gradient, this readout's shift included) with a gradient
-        that reaches ``delta`` alone, as if the readout were the only trainable weight."""
-        shift = self.shift(hidden, open_positions).to(logits.dtype)
-        return logits.index_add(-1, self.tokens, shift - shift.detach())
+        def opened(shift: torch.Tensor) -> torch.Tensor:
+            return shift if open_positions is None else shift * open_positions[..., None]
+
+        if self.delta is not None:
+            shift = (hidden @ weight("delta").T)[..., self.pair_of_token]
+            logits = logits.index_add(-1, self.tokens, opened(shift).to(logits.dtype))
+        if self.gate is not None:
+            sides = logits[..., self.pair_tokens].float().masked_fill(~self.pair_valid, float("-inf")).logsumexp(-1)
+            even = sides.logsumexp(-1, keepdim=True) - math.log(2.0)
+            toward = (even - sides)[..., self.pair_of_token, self.side_of_token]
+            shift = (hidden @ weight("gate"))[..., None] * toward
+            logits = logits.index_add(-1, self.tokens, opened(shift).to(logits.dtype))
+        return logits
 
 
 def symmetric_kl(p_log: torch.Tensor, q_log: torch.Tensor) -> torch.Tensor:
@@ -317,7 +337,7 @@ class DebiasObjective(nn.Module):
         self.counterfactual, self.equalize, self.neutralize = config.counterfactual, config.equalize, config.neutralize
         self.equalize_positions = config.equalize_positions
         self.probe_subject, self.probe_share = config.probe_subject, config.probe_share
-        self.neutralize_through = config.neutralize_through
+        self.neutralize_through, self.equalize_through = config.neutralize_through, config.equalize_through
         if task == "lm":
             words = sorted({tuple(sorted((a, b))) for a, b in swaps.items()}) + list(PRONOUN_PAIRS)
             word_ids = token_pairs(tokenizer, words)
@@ -328,11 +348,13 @@ class DebiasObjective(nn.Module):
             self.classes = GenderedClasses(vocab_size, bipartite_groups(word_ids + name_ids),
                                            {t for pair in word_ids for t in pair})
         self.gives_gender = (gender_giving_tokens(tokenizer, vocab_size, swaps, names)
-                             if config.neutralize_through == "readout" and config.readout_where == "open" else None)
+                             if config.has_readout and config.readout_where == "open" else None)
 
     def readout(self, hidden_size: int) -> GenderedReadout:
-        """A zero-started :class:`GenderedReadout` of the paired gendered words."""
-        return GenderedReadout(self.classes.pair_tokens, self.classes.pair_valid, hidden_size, self.gives_gender)
+        """A zero-started :class:`GenderedReadout` of the paired gendered words, with the parts the
+        terms through it train (the shared shift: neutralizing; the evening gate: equalizing)."""
+        return GenderedReadout(self.classes.pair_tokens, self.classes.pair_valid, hidden_size, self.gives_gender,
+                               shared=self.neutralize_through == "readout", evening=self.equalize_through == "readout")
 
     @staticmethod
     def wanted(config: CrawdConfig) -> bool:
@@ -350,8 +372,9 @@ class DebiasObjective(nn.Module):
     @property
     def probes_train_model(self) -> bool:
         """Whether a probe term trains the whole model (not only the readout)."""
-        return self.task == "lm" and (self.equalize > 0 and self.equalize_positions != "all"
-                                      or self.neutralize > 0 and self.neutralize_through == "model")
+        equalizing = self.equalize > 0 and (self.equalize_positions == "neutral" or self.equalize_positions == "open"
+                                            and self.equalize_through == "model")
+        return self.task == "lm" and (equalizing or self.neutralize > 0 and self.neutralize_through == "model")
 
     def collator(self, collate: Callable, tokenizer: PreTrainedTokenizerBase) -> Callable:
         if not (self.needs_twins or self.needs_probes):
@@ -362,11 +385,12 @@ class DebiasObjective(nn.Module):
     def loss(self, logits: torch.Tensor, mask: torch.Tensor, twin_logits: torch.Tensor | None = None,
              twin_mask: torch.Tensor | None = None, twin_source: torch.Tensor | None = None,
              probe_logits: torch.Tensor | None = None, probe_mask: torch.Tensor | None = None,
-             readout_logits: torch.Tensor | None = None) -> torch.Tensor:
+             readout_logits: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
         """The weighted terms for a batch's logits (B, n, V) or (B, C), its twins' and its probes' (if any).
 
-        ``readout_logits``: the probes' logits whose gradient reaches the readout alone
-        (:meth:`GenderedReadout.trained_alone`), read by the neutralizing term through the readout."""
+        ``readout_logits``: per readout part (``"delta"``, ``"gate"``), the probes' logits whose gradient
+        reaches that part alone (:meth:`GenderedReadout.forward` with ``trained``), read by the term that
+        trains it (neutralizing: the shared shift; equalizing: the evening gate)."""
         total = logits.new_zeros((), dtype=torch.float32)
         if self.task != "lm":
             if self.counterfactual > 0 and twin_logits is not None:
@@ -381,15 +405,17 @@ class DebiasObjective(nn.Module):
         open_equalizing = self.equalize > 0 and self.equalize_positions == "open"
         if probe_logits is not None and (open_equalizing or self.neutralize > 0):
             keep = probe_mask.bool()
-            through_readout = self.neutralize_through == "readout"
-            if open_equalizing or not through_readout:
-                swap_kl, log_mass = self.classes.open_terms(probe_logits[keep])
+            # each term reads the probes' logits with the gradient of what it trains: the whole model's or
+            # the readout's alone (the same values)
+            def terms(through: str, part: str) -> tuple[torch.Tensor, torch.Tensor]:
+                return self.classes.open_terms((readout_logits[part] if through == "readout" else probe_logits)[keep])
+
             if open_equalizing:
+                swap_kl, log_mass = terms(self.equalize_through, "gate")
                 weight = log_mass.detach().exp()
                 total = total + self.equalize * (weight * swap_kl).sum() / weight.sum().clamp_min(1e-8)
             if self.neutralize > 0:
-                if through_readout:  # the same values, with a gradient that reaches the readout alone
-                    log_mass = self.classes.open_terms(readout_logits[keep])[1]
+                log_mass = terms(self.neutralize_through, "delta")[1]
                 rows = probe_mask.any(-1).sum().clamp_min(1)  # a tensor: no device sync on the training step
                 total = total + self.neutralize * -torch.log1p(-log_mass.clamp_max(-1e-6).exp()).sum() / rows
         if self.equalize > 0 and not open_equalizing:

@@ -242,7 +242,7 @@ class TrainCommand(Settings):
     long_docs: str = option("chunk", help="--task lm, documents longer than --seq-len: chunk (windows overlapping "
                             "by one token, nothing dropped), pack (concatenated, then cut) or truncate")
     preset: str | None = option(None, help="named CrAWD settings: debias (the mitigation chosen on validation data, "
-                                "see docs/method.md), neutral (also lowers GAS, at a slower step) "
+                                "see docs/method.md), neutral (also lowers GAS, at about x1.2 a step) "
                                 "or paper (the faithful defaults); options given as well override it")
 
     def __post_init__(self) -> None:
