@@ -269,6 +269,14 @@ def test_a_classifier_trains_with_its_twins(tmp_path, tokenizer):
     assert result.steps == 2 and math.isfinite(result.final_loss)
 
 
+def loss_and_gradients(model, batch):
+    """The training loss of ``batch`` and every trainable weight's gradient of it."""
+    model.zero_grad()
+    loss = model(**batch).loss
+    loss.backward()
+    return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
 READOUT = {"equalize": 1.0, "equalize_positions": "open", "neutralize": 1.0, "probe_subject": "person",
            "neutralize_through": "readout"}
 EVENING = {**READOUT, "equalize_through": "readout"}
@@ -326,17 +334,11 @@ def test_through_the_readout_the_equalizing_term_trains_the_gate_alone_and_probe
         model.readout.gate.normal_(std=0.5)
     assert not model.objective.probes_train_model
 
-    def gradients():
-        model.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    with_terms, grads = gradients()
+    with_terms, grads = loss_and_gradients(model, batch)
     model.objective.equalize = 0.0
-    without_equalizing, no_eq = gradients()
+    without_equalizing, no_eq = loss_and_gradients(model, batch)
     model.objective.neutralize = 0.0
-    task_alone, task = gradients()
+    task_alone, task = loss_and_gradients(model, batch)
     assert with_terms > without_equalizing > task_alone
     assert not torch.allclose(grads["readout.gate"], no_eq["readout.gate"])  # the equalizing term moves the gate
     assert torch.allclose(grads["readout.delta"], no_eq["readout.delta"], atol=1e-7)  # and not the shared shift
@@ -353,15 +355,9 @@ def test_through_the_readout_the_neutralizing_term_trains_the_readout_alone(toke
     batch = model.objective.collator(Collator(tokenizer, "lm"), tokenizer)(
         [dict(tokenizer(t)) for t in ("the nurse said that she works", "a doctor is a man")])
 
-    def gradients():
-        model.zero_grad()
-        loss = model(**batch).loss
-        loss.backward()
-        return loss.item(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    with_term, grads = gradients()
+    with_term, grads = loss_and_gradients(model, batch)
     model.objective.neutralize = 0.0
-    without, other_grads = gradients()
+    without, other_grads = loss_and_gradients(model, batch)
     assert with_term > without  # the neutralizing term is there ...
     assert grads.keys() == other_grads.keys()
     for name in grads:

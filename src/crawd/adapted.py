@@ -219,14 +219,17 @@ class AdaptedModel(nn.Module):
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
         return torch.tanh(logits / cap) * cap if cap else logits
 
-    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
-             open_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Logits from the last hidden states; subclasses change this and only this.
+    def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
+                    **kwargs: Any) -> torch.Tensor:
+        """Logits from the last hidden states, before the gendered words' readout; subclasses change
+        this and only this. ``state`` carries what a head needs from earlier positions during cached
+        generation."""
+        return self.base_head(hidden, attention_mask)
 
-        ``state`` carries what a head needs from earlier positions during cached generation;
-        ``open_positions``: where the readout acts (:meth:`open_positions`).
-        """
-        return self.read_gendered(hidden, self.base_head(hidden, attention_mask), open_positions)
+    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
+             open_positions: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """:meth:`head_logits` with the readout (if any) where ``open_positions`` says (:meth:`open_positions`)."""
+        return self.read_gendered(hidden, self.head_logits(hidden, attention_mask, state, **kwargs), open_positions)
 
     def forward(
         self,
@@ -286,8 +289,7 @@ class AdaptedModel(nn.Module):
                     self.config.probe_backward_layers):
                 probe_hidden = self.encode(probe_ids, probe_mask).last_hidden_state
                 probe_open = self.open_positions(probe_ids)
-                nowhere = torch.zeros_like(probe_mask, dtype=torch.bool)  # the logits before the readout
-                before_readout = self.head(probe_hidden, probe_mask, open_positions=nowhere)
+                before_readout = self.head_logits(probe_hidden, probe_mask)
                 probe_logits = self.read_gendered(probe_hidden, before_readout, probe_open)
             if self.readout is not None:  # the gradient of the terms through the readout reaches it alone
                 readout_logits = {part: self.readout(probe_hidden.detach(), before_readout.detach(), probe_open, part)

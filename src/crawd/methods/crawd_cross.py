@@ -247,15 +247,13 @@ class CrawdModel(AdaptedModel):
         return h_cross, beta, beta_dec
 
     # ---- head ---------------------------------------------------------------------------
-    def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
-             open_positions: torch.Tensor | None = None, reference: torch.Tensor | None = None) -> torch.Tensor:
+    def head_logits(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
+                    reference: torch.Tensor | None = None) -> torch.Tensor:
         h_cross = self.cross_states(hidden, attention_mask, state, reference)[0]
         if self.config.head == "residual":
-            return self.read_gendered(hidden, self.base_head(hidden + self.cross_proj(h_cross), attention_mask),
-                                      open_positions)
+            return self.base_head(hidden + self.cross_proj(h_cross), attention_mask)
         if self.task == "lm":
-            return self.read_gendered(hidden, self.softcap(self.concat_head(torch.cat([hidden, h_cross], dim=-1))),
-                                      open_positions)
+            return self.softcap(self.concat_head(torch.cat([hidden, h_cross], dim=-1)))
         rows = torch.arange(hidden.shape[0], device=hidden.device)
         pooled = torch.cat([self.pooled(hidden, attention_mask), h_cross[rows, self.pool_index(attention_mask)]], -1)
         dropout = getattr(self.hf, "dropout", None)
