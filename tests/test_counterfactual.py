@@ -151,6 +151,9 @@ def test_open_equalizing_and_neutralizing_by_hand(tokenizer):
     assert objective.loss(logits, torch.ones(1, 2)).item() == 0
     with pytest.raises(ValueError, match="neutralize applies to causal LMs only"):
         crawd.wrap(tiny_model("bert", "classification"), tokenizer, CrawdConfig(num_heads=4, neutralize=1.0))
+    with pytest.raises(ValueError, match="equalize_through='readout' applies to causal LMs only"):
+        crawd.wrap(tiny_model("bert", "classification"), tokenizer,
+                   CrawdConfig(num_heads=4, equalize=1.0, equalize_positions="open", equalize_through="readout"))
 
 
 def test_rows_and_twins_share_one_backbone_pass_and_probes_take_their_own(tokenizer, monkeypatch):

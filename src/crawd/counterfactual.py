@@ -333,6 +333,9 @@ class DebiasObjective(nn.Module):
         super().__init__()
         if config.neutralize > 0 and task != "lm":
             raise ValueError("neutralize applies to causal LMs only (it acts on next-word predictions): set it to 0")
+        if config.equalize_through == "readout" and task != "lm":
+            raise ValueError("equalize_through='readout' applies to causal LMs only (the readout acts on next-word "
+                             "predictions): set it to 'model'")
         self.task, self.swaps, self.names = task, swaps, names
         self.counterfactual, self.equalize, self.neutralize = config.counterfactual, config.equalize, config.neutralize
         self.equalize_positions = config.equalize_positions
@@ -405,17 +408,20 @@ class DebiasObjective(nn.Module):
         open_equalizing = self.equalize > 0 and self.equalize_positions == "open"
         if probe_logits is not None and (open_equalizing or self.neutralize > 0):
             keep = probe_mask.bool()
-            # each term reads the probes' logits with the gradient of what it trains: the whole model's or
-            # the readout's alone (the same values)
-            def terms(through: str, part: str) -> tuple[torch.Tensor, torch.Tensor]:
-                return self.classes.open_terms((readout_logits[part] if through == "readout" else probe_logits)[keep])
-
+            # each term reads the probes' logits with the gradient of what it trains: the whole model's
+            # ("model") or one readout part's alone (the same values); terms that share a source read it once
+            equalizing_source = "gate" if self.equalize_through == "readout" else "model"
+            neutralizing_source = "delta" if self.neutralize_through == "readout" else "model"
+            logits_of = {"model": probe_logits, **(readout_logits or {})}
+            wanted = {equalizing_source} if open_equalizing else set()
+            wanted |= {neutralizing_source} if self.neutralize > 0 else set()
+            terms = {source: self.classes.open_terms(logits_of[source][keep]) for source in wanted}
             if open_equalizing:
-                swap_kl, log_mass = terms(self.equalize_through, "gate")
+                swap_kl, log_mass = terms[equalizing_source]
                 weight = log_mass.detach().exp()
                 total = total + self.equalize * (weight * swap_kl).sum() / weight.sum().clamp_min(1e-8)
             if self.neutralize > 0:
-                log_mass = terms(self.neutralize_through, "delta")[1]
+                log_mass = terms[neutralizing_source][1]
                 rows = probe_mask.any(-1).sum().clamp_min(1)  # a tensor: no device sync on the training step
                 total = total + self.neutralize * -torch.log1p(-log_mass.clamp_max(-1e-6).exp()).sum() / rows
         if self.equalize > 0 and not open_equalizing:
