@@ -291,7 +291,8 @@ def test_configs_are_valid_and_quick_is_tiny(name):
     assert set(spec["tradeoff"]) <= headline_names
 
 
-@pytest.mark.parametrize("name", ["mitigation-selection", "mitigation-selection-classification"])
+@pytest.mark.parametrize("name", ["mitigation-selection", "mitigation-selection-classification",
+                                  "mitigation-selection-demo-budget"])
 def test_selection_configs_score_the_validation_split_only(name):
     from crawd.settings import expand_methods
 

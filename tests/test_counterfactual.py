@@ -8,13 +8,14 @@ import pytest
 import torch
 from conftest import batch as tokenized_batch, tiny_model
 from datasets import Dataset
+from transformers import TrainingArguments
 
 import crawd
 from crawd import CrawdConfig
 from crawd.counterfactual import (DebiasCollator, GenderedClasses, align, bipartite_groups, gender_giving_tokens,
-                                  symmetric_kl, token_pairs)
+                                  spelling_ends, symmetric_kl, token_pairs)
 from crawd.lexicon import gender_lexicon, unnamed
-from crawd.train import Collator, TrainSettings, train
+from crawd.train import Collator, CrawdTrainer, TrainSettings, train
 
 
 def test_alignment_of_a_swap_that_changes_the_token_count():
@@ -368,6 +369,34 @@ def test_through_the_readout_the_neutralizing_term_trains_the_readout_alone(toke
             assert not torch.allclose(grads[name], other_grads[name])
         else:  # and nothing else
             assert torch.allclose(grads[name], other_grads[name], atol=1e-7), name
+
+
+@pytest.mark.parametrize("fields", [EVENING, {}])
+def test_the_readout_is_clipped_apart_from_the_body(tokenizer, tmp_path, fields):
+    model = objective_model(tokenizer, mode="self", **fields)
+    trainer = CrawdTrainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), max_grad_norm=1.0,
+                                                               use_cpu=True, report_to=[]))
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith("readout.")]
+    readout = list(model.readout.parameters()) if fields else []
+    for p in body:  # the body's gradient has norm 2
+        p.grad = torch.full_like(p, 2.0 / math.sqrt(sum(q.numel() for q in body)))
+    for p in readout:  # the readout's has norm 30 (early in training it is 5 to 15 times the body's)
+        p.grad = torch.full_like(p, 30.0 / math.sqrt(sum(q.numel() for q in readout)))
+    norm = trainer._clip_grad_norm(model)
+    body_norm = torch.cat([p.grad.flatten() for p in body]).norm().item()
+    if fields:  # each clipped to 1 on its own; the norm returned (and logged) is the body's before clipping
+        assert norm.item() == pytest.approx(2.0, rel=1e-5)
+        assert body_norm == pytest.approx(1.0, rel=1e-5)
+        assert torch.cat([p.grad.flatten() for p in readout]).norm().item() == pytest.approx(1.0, rel=1e-5)
+    else:  # no readout: the stock clip of the whole model
+        assert model.readout is None and norm.item() == pytest.approx(2.0, rel=1e-5)
+        assert body_norm == pytest.approx(1.0, rel=1e-5)
+
+
+def test_spelling_ends_by_hand():
+    spellings = torch.tensor([[7, 8, 9], [7, 5, -1]])  # a word in three tokens, another in two
+    ids = torch.tensor([[1, 7, 8, 9, 7, 5], [7, 8, 1, 9, 7, 7]])
+    assert spelling_ends(ids, spellings, (2, 3)).tolist() == [[False, False, False, True, False, True], [False] * 6]
 
 
 def test_the_tokens_that_give_a_gender(tokenizer):

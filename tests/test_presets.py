@@ -76,3 +76,18 @@ def test_the_neutral_readout_starts_at_zero_on_the_real_smollm2_and_pairs_its_wo
     marked = {t for t in ("Ġson", "He", "ĠMary", "Ġher", "son", "Ġnurse", "Ġperson")
               if readout.gives_gender[tok.convert_tokens_to_ids(t)]}
     assert marked == {"Ġson", "He", "ĠMary", "Ġher"}  # "son" without its space is inside a word (Jackson)
+    # a name spelled in several tokens (" Ch", "l", "oe") gives the gender at its last token, also when the text
+    # comes a token at a time (cached generation), so the readout does not even " She" after "Chloe"
+    enc = tok(["Chloe Rodriguez is a paralegal. She", "As a nurse, Chloe said she", "The person said that she"],
+              return_tensors="pt", padding=True)
+    ids = enc["input_ids"]
+    opened = readout.open_positions(ids)
+    words = [tok.convert_ids_to_tokens(row) for row in ids.tolist()]
+    assert words[0][:3] == ["Ch", "l", "oe"] and opened[0].tolist()[:3] == [True, True, False]
+    assert not opened[0, 3:].any()
+    name_end = words[1].index("oe")  # "As a nurse, Chloe": open up to the name's last piece
+    assert opened[1, :name_end].all() and not opened[1, name_end:].any()
+    assert opened[2, :words[2].index("Ġshe")].all()  # "The person said that" leaves it open
+    state = {}
+    assert torch.equal(torch.cat([readout.open_positions(ids[:, i:i + 1], state) for i in range(ids.shape[1])], 1),
+                       opened)

@@ -251,6 +251,37 @@ def gender_giving_tokens(tokenizer: PreTrainedTokenizerBase, vocab_size: int, sw
     return gives
 
 
+def gender_giving_spellings(tokenizer: PreTrainedTokenizerBase, swaps: dict[str, str],
+                            names: dict[str, str]) -> torch.Tensor:
+    """(S, L) long: the gendered words and first names that the tokenizer spells in several tokens
+    (" Chloe": " Ch", "l", "oe"), as they start a text or follow a space, lowercase and capitalised,
+    each right-padded with -1: a text has given a gender at the last token of one of them.
+    :func:`gender_giving_tokens` holds the words spelled in one token."""
+    spellings = set()
+    for word in set(swaps) | set(names):
+        for form in {word, word.capitalize()}:
+            for text in (form, " " + form):
+                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+                if len(ids) > 1:
+                    spellings.add(tuple(ids))
+    width = max(map(len, spellings), default=0)
+    return torch.tensor([list(ids) + [-1] * (width - len(ids)) for ids in sorted(spellings)],
+                        dtype=torch.long).reshape(len(spellings), width)
+
+
+def spelling_ends(ids: torch.Tensor, spellings: torch.Tensor, lengths: tuple[int, ...]) -> torch.Tensor:
+    """(B, n) bool: where one of ``spellings`` ((S, L), right-padded with -1, of the given ``lengths``,
+    each length once) ends in ``ids`` (B, n)."""
+    ends = torch.zeros_like(ids, dtype=torch.bool)
+    spelled = (spellings >= 0).sum(-1)
+    for length in lengths:
+        if length <= ids.shape[1]:
+            windows = ids.unfold(1, length, 1)  # (B, n - length + 1, length)
+            chosen = spellings[spelled == length, :length]
+            ends[:, length - 1:] |= (windows[:, :, None, :] == chosen).all(-1).any(-1)
+    return ends
+
+
 class GenderedReadout(nn.Module):
     """A correction of the paired gendered words' logits by linear functions of the last hidden state h.
 
@@ -262,12 +293,14 @@ class GenderedReadout(nn.Module):
     gender and, for g in [0, 1], barely how likely a gendered word is (the equalizing term's; one gate
     for every pair and spelling, so what it learns where "She" comes next holds where " she" does).
     Both start at zero (the model is exactly its base). With ``gives_gender`` (a (V,) bool of the
-    tokens that give a gender, :func:`gender_giving_tokens`) it acts only at the open positions
-    (:meth:`open_positions`): where no such token has come yet.
+    tokens that give a gender, :func:`gender_giving_tokens`) and ``giving_spellings`` (the words
+    that give one in several tokens, :func:`gender_giving_spellings`) it acts only at the open
+    positions (:meth:`open_positions`): where no such token or spelling has come yet.
     """
 
     def __init__(self, pair_tokens: torch.Tensor, pair_valid: torch.Tensor, hidden_size: int,
-                 gives_gender: torch.Tensor | None = None, shared: bool = True, evening: bool = False) -> None:
+                 gives_gender: torch.Tensor | None = None, giving_spellings: torch.Tensor | None = None,
+                 shared: bool = True, evening: bool = False) -> None:
         super().__init__()
         pairs = torch.arange(len(pair_tokens))[:, None, None].expand_as(pair_tokens)
         sides = torch.arange(2)[None, :, None].expand_as(pair_tokens)
@@ -277,6 +310,9 @@ class GenderedReadout(nn.Module):
         self.register_buffer("pair_of_token", pairs[pair_valid], persistent=False)
         self.register_buffer("side_of_token", sides[pair_valid], persistent=False)
         self.register_buffer("gives_gender", gives_gender, persistent=False)
+        spellings = torch.zeros(0, 0, dtype=torch.long) if giving_spellings is None else giving_spellings
+        self.register_buffer("giving_spellings", spellings, persistent=False)
+        self.spelling_lengths = tuple(sorted(set((spellings >= 0).sum(-1).tolist())))
         self.delta = nn.Parameter(torch.zeros(len(pair_tokens), hidden_size)) if shared else None
         self.gate = nn.Parameter(torch.zeros(hidden_size)) if evening else None
 
@@ -285,7 +321,13 @@ class GenderedReadout(nn.Module):
         readout acts everywhere). ``state`` carries what came before ``ids`` in cached generation."""
         if self.gives_gender is None:
             return None
-        given = self.gives_gender[ids].cumsum(-1) > 0
+        given = self.gives_gender[ids]
+        if self.spelling_lengths:  # a spelling may begin in the tokens before ``ids`` (cached generation)
+            context = ids if state is None else torch.cat([state.get("tail", ids[:, :0]), ids], 1)
+            given = given | spelling_ends(context, self.giving_spellings, self.spelling_lengths)[:, -ids.shape[1]:]
+            if state is not None:
+                state["tail"] = context[:, 1 - max(self.spelling_lengths):]
+        given = given.cumsum(-1) > 0
         if state is not None:
             given = given | state.get("gender_given", torch.zeros_like(given[:, :1]))
             state["gender_given"] = given[:, -1:]
@@ -350,13 +392,16 @@ class DebiasObjective(nn.Module):
                                  "tokenizer (he / she, his / her, ...)")
             self.classes = GenderedClasses(vocab_size, bipartite_groups(word_ids + name_ids),
                                            {t for pair in word_ids for t in pair})
-        self.gives_gender = (gender_giving_tokens(tokenizer, vocab_size, swaps, names)
-                             if config.has_readout and config.readout_where == "open" else None)
+        self.gives_gender = self.giving_spellings = None
+        if config.has_readout and config.readout_where == "open":
+            self.gives_gender = gender_giving_tokens(tokenizer, vocab_size, swaps, names)
+            self.giving_spellings = gender_giving_spellings(tokenizer, swaps, names)
 
     def readout(self, hidden_size: int) -> GenderedReadout:
         """A zero-started :class:`GenderedReadout` of the paired gendered words, with the parts the
         terms through it train (the shared shift: neutralizing; the evening gate: equalizing)."""
         return GenderedReadout(self.classes.pair_tokens, self.classes.pair_valid, hidden_size, self.gives_gender,
+                               self.giving_spellings,
                                shared=self.neutralize_through == "readout", evening=self.equalize_through == "readout")
 
     @staticmethod

@@ -12,7 +12,10 @@ What crawd adds to the stock Trainer:
   steps, so ``accelerate launch`` on N processes trains the same model as one process
   with the same global batch (up to float rounding);
 - an unwritable output folder, or one on a disk too full for the checkpoints, is an
-  error before training starts.
+  error before training starts;
+- the gendered-word readout's gradient (:class:`crawd.counterfactual.GenderedReadout`) is
+  clipped apart from the rest of the model's, so that its large early gradients do not scale
+  the body's steps down (``docs/results.md``, "Seventh round").
 
 Per-step costs left out (measured in docs/performance.md): the checkpoints' torch files
 are written without a CRC32 of their contents (computing it took 90% of the time of
@@ -34,6 +37,7 @@ from typing import Any
 
 import torch
 import torch.utils.serialization
+from accelerate.utils import DistributedType
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -150,6 +154,20 @@ class CrawdTrainer(Trainer):
             targets = labels[..., 1:] if self._loss_shifts_labels else labels
             loss = loss * targets.ne(-100).sum().to(loss.device) / num_items_in_batch
         return (loss, outputs) if return_outputs else loss
+
+    def _clip_grad_norm(self, model: torch.nn.Module) -> torch.Tensor:
+        """The stock clip, with the gendered-word readout (if any) clipped to ``max_grad_norm`` on its own;
+        returns the rest's norm before clipping. The readout's gradient is h times a term's derivative,
+        early in training 5 to 15 times the rest's norm: clipped together, it would shrink the body's
+        steps by as much. Under FSDP and DeepSpeed the engine clips the whole model at once."""
+        readout = getattr(self.accelerator.unwrap_model(model), "readout", None)
+        if readout is None or self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            return super()._clip_grad_norm(model)
+        own = {id(p) for p in readout.parameters()}
+        norm = self.accelerator.clip_grad_norm_([p for p in model.parameters() if id(p) not in own],
+                                                self.args.max_grad_norm)  # unscales every gradient (fp16)
+        torch.nn.utils.clip_grad_norm_(readout.parameters(), self.args.max_grad_norm)
+        return norm
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.args.should_save:
