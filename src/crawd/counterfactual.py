@@ -256,7 +256,9 @@ def gender_giving_spellings(tokenizer: PreTrainedTokenizerBase, swaps: dict[str,
     """(S, L) long: the gendered words and first names that the tokenizer spells in several tokens
     (" Chloe": " Ch", "l", "oe"), as they start a text or follow a space, lowercase and capitalised,
     each right-padded with -1: a text has given a gender at the last token of one of them.
-    :func:`gender_giving_tokens` holds the words spelled in one token."""
+    :func:`gender_giving_tokens` holds the words spelled in one token. A spelling without its space
+    also matches inside a longer word; on StereoSet those were gendered compounds ("Schoolgirls",
+    "great-grandmothers"), and a wrong match only turns the readout off from there."""
     spellings = set()
     for word in set(swaps) | set(names):
         for form in {word, word.capitalize()}:
