@@ -19,6 +19,7 @@ from crawd.methods.blind import blind_transform
 from crawd.methods.cda import cda_transform
 from crawd.methods.debias_tuning import DebiasTuningModel, gendered_mass_penalty
 from crawd.methods.ear import EARModel, attention_entropy
+from crawd.mitigation.lexicon import gender_lexicon, swap_text
 from crawd.train import Collator, TrainSettings, tokenize, train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -60,9 +61,7 @@ def test_cda_swaps_both_ways_and_appends():
 
 
 def test_cda_word_rules():
-    from crawd.lexicon import gender_lexicon as _lexicon, swap_text
-
-    swaps, names = _lexicon(None)  # built-in core pairs and names only
+    swaps, names = gender_lexicon()
     assert swap_text("She told her that his work was hers.", swaps, names) == "He told him that her work was his."
     assert swap_text("He gave her a book; it is his.", swaps, names) == "She gave him a book; it is hers."
     assert swap_text("Raj King is a king. King Raj met HIM.", swaps, names) == "Fatima King is a queen. Queen Fatima met HER."
@@ -84,16 +83,6 @@ def test_cda_replace_mode_and_extra_pairs():
     assert out["train"]["gender"][1] == "white"
     with pytest.raises(ValueError, match="cda_mode"):
         cda_transform(data, CrawdConfig(extra={"cda_mode": "both"}))
-
-
-@pytest.mark.skipif(shared_data_dir() is None, reason="the shared data folder (word lists) is absent")
-def test_cda_uses_the_shared_word_lists():
-    from crawd.lexicon import gender_lexicon as _lexicon
-
-    swaps, names = _lexicon(str(shared_data_dir()))
-    for male, female in (("spokesman", "spokeswoman"), ("nephew", "niece"), ("king", "queen"), ("sir", "madam")):
-        assert swaps[male] == female and swaps[female] == male
-    assert names["Mary"] == "James" and names["James"] == "Mary"
 
 
 # ---- blind -------------------------------------------------------------------------------

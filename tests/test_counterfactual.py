@@ -14,7 +14,7 @@ import crawd
 from crawd import CrawdConfig
 from crawd.counterfactual import (DebiasCollator, GenderedClasses, align, bipartite_groups, gender_giving_tokens,
                                   spelling_ends, symmetric_kl, token_pairs)
-from crawd.lexicon import gender_lexicon, unnamed
+from crawd.mitigation.lexicon import gender_lexicon, unnamed
 from crawd.train import Collator, CrawdTrainer, TrainSettings, train
 
 
@@ -63,7 +63,7 @@ def objective_model(tokenizer, **fields):
 
 
 def collator(tokenizer, twins=True, probes=False, probe_subject="name"):
-    swaps, names = gender_lexicon(None)
+    swaps, names = gender_lexicon()
     return DebiasCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm", twins, probes, probe_subject)
 
 
@@ -84,7 +84,7 @@ def test_probes_are_the_prefixes_before_the_first_gendered_word(tokenizer):
                                                                        batch["probe_attention_mask"])]
     assert probes == ["the nurse said that", ""]  # a row that opens with a gendered word has no probe
     assert "twin_input_ids" not in batch
-    swaps, names = gender_lexicon(None)
+    swaps, names = gender_lexicon()
     quarter = DebiasCollator(Collator(tokenizer, "lm"), tokenizer, swaps, names, "lm", False, True, probe_share=0.25)
     features = [dict(tokenizer(t)) for t in ("the nurse said that she works", "the doctor said that he works") * 4]
     assert quarter(features)["probe_input_ids"].shape[0] == 2  # ceil(0.25 * 8) rows get a probe
@@ -94,7 +94,7 @@ def test_probes_are_the_prefixes_before_the_first_gendered_word(tokenizer):
 
 
 def test_person_probes_name_nobody():
-    _, names = gender_lexicon(None)
+    _, names = gender_lexicon()
     text = "Based in Paris, Mary Smith is a nurse. Today Mary works late, and John helps her."
     assert unnamed(text, names) == ("Based in Paris, the person is a nurse. Today the person works late, "
                                     "and the person helps her.")
@@ -400,7 +400,7 @@ def test_spelling_ends_by_hand():
 
 
 def test_the_tokens_that_give_a_gender(tokenizer):
-    swaps, names = gender_lexicon(None)
+    swaps, names = gender_lexicon()
     gives = gender_giving_tokens(tokenizer, len(tokenizer), swaps, names)
     marked = set(tokenizer.convert_ids_to_tokens(gives.nonzero().flatten().tolist()))
     assert {"he", "she", "his", "her", "him", "man", "woman"} <= marked

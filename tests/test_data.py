@@ -332,8 +332,8 @@ def test_synthetic_bios_validation_split_pairs_and_occupation_subset():
     women, men = paired[paired.gender == "female"], paired[paired.gender == "male"]
     assert len(women) == len(men) == 28
     # each woman's bio has a twin: the same text once her name and pronouns are swapped
-    from crawd.lexicon import gender_lexicon, swap_text
-    swaps, names = gender_lexicon(None)
+    from crawd.mitigation.lexicon import gender_lexicon, swap_text
+    swaps, names = gender_lexicon()
     assert sorted(swap_text(t, swaps, names) for t in women.text) == sorted(men.text)
     subset = synthetic_bios(n_train=20, n_test=20, occupations=["nurse", "surgeon"])
     assert subset["train"].features["label"].names == ["nurse", "surgeon"]

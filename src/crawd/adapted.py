@@ -27,7 +27,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassi
 from crawd.config import CrawdConfig
 from crawd.counterfactual import DebiasObjective, GenderedReadout
 from crawd.erasure import ConceptEraser
-from crawd.lexicon import gender_lexicon, wordlist_dir
+from crawd.mitigation.lexicon import gender_lexicon
 from crawd.models import ENCODER_MODEL_TYPES
 from crawd.storage import save_adapter
 
@@ -90,7 +90,7 @@ class AdaptedModel(nn.Module):
         self.objective: DebiasObjective | None = None
         if DebiasObjective.wanted(self.config):
             vocab = self.hf.get_output_embeddings().out_features if self.task == "lm" else 0
-            swaps, names = gender_lexicon(wordlist_dir(self.config))
+            swaps, names = gender_lexicon()
             self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config)
         self.readout: GenderedReadout | None = None
         if self.config.has_readout and self.objective is not None:

@@ -23,9 +23,9 @@ from torch import nn
 from transformers import PreTrainedTokenizerBase
 
 from crawd.config import CrawdConfig
-from crawd.lexicon import first_gendered, neutral_names, swap_text, unnamed
+from crawd.mitigation.lexicon import first_gendered, neutral_names, swap_text, unnamed
 
-#: Pronouns whose swap depends on context (see :func:`crawd.lexicon.swap_text`), as word pairs.
+#: Pronouns whose swap depends on context (see :func:`crawd.mitigation.lexicon.swap_text`), as word pairs.
 PRONOUN_PAIRS = (("his", "her"), ("him", "her"), ("his", "hers"))
 
 

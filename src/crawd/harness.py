@@ -23,8 +23,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lm_eval.api.registry import register_model
-from lm_eval.models.huggingface import HFLM
+
+try:
+    from lm_eval.api.registry import register_model
+    from lm_eval.models.huggingface import HFLM
+except ModuleNotFoundError as err:  # the optional extra
+    raise ModuleNotFoundError("crawd.harness needs lm-evaluation-harness, which is not installed: "
+                              "pip install 'crawd[lm-eval]'") from err
 
 from crawd.loading import AutoCrawdModel
 from crawd.models import base_name, load_model

@@ -146,8 +146,8 @@ def _four_bit_kwargs() -> dict:
     if not torch.cuda.is_available():
         raise ValueError("--qlora needs a CUDA device and bitsandbytes; none found")
     if importlib.util.find_spec("bitsandbytes") is None:
-        raise ValueError("--qlora needs a CUDA device and bitsandbytes; bitsandbytes is not installed "
-                         "(pip install bitsandbytes)")
+        raise ValueError("--qlora needs a CUDA device and bitsandbytes; bitsandbytes is not installed: "
+                         "pip install 'crawd[gpu]'")
     from transformers import BitsAndBytesConfig
 
     quantization = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,

@@ -20,6 +20,7 @@ import pandas as pd
 from datasets import DatasetDict
 
 from crawd.data.common import build_dataset, resolve_data_dir
+from crawd.data.names import FEMALE_NAMES, MALE_NAMES
 
 __all__ = ["DEFAULT_FEMALE_SHARE", "OCCUPATIONS", "TSV_NAMES", "female_share", "sharpen", "synthetic_bios"]
 
@@ -95,16 +96,6 @@ lacks; these keep :data:`DEFAULT_FEMALE_SHARE`.
 _OCCUPATIONS_TSV = Path("occupations") / "occupations-stats.tsv"
 
 # fmt: off
-_FEMALE_NAMES = [
-    "Mary", "Patricia", "Jennifer", "Linda", "Elizabeth", "Susan", "Jessica", "Sarah", "Karen", "Nancy", "Lisa",
-    "Emily", "Michelle", "Laura", "Amanda", "Rachel", "Hannah", "Olivia", "Sofia", "Grace", "Chloe", "Maria",
-    "Aisha", "Mei", "Priya", "Fatima", "Elena", "Julia", "Claire", "Naomi",
-]
-_MALE_NAMES = [
-    "James", "Robert", "John", "Michael", "David", "William", "Richard", "Joseph", "Thomas", "Daniel", "Matthew",
-    "Anthony", "Mark", "Steven", "Andrew", "Joshua", "Kevin", "Brian", "Ryan", "Jacob", "Ethan", "Samuel",
-    "Carlos", "Ahmed", "Wei", "Raj", "Omar", "Lucas", "Martin", "Noah",
-]
 _SURNAMES = [
     "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez", "Lee",
     "Walker", "Hall", "Young", "King", "Wright", "Lopez", "Hill", "Scott", "Green", "Adams", "Baker", "Nelson",
@@ -313,7 +304,7 @@ def synthetic_bios(
 def _bio(rng: random.Random, occupation: str, gender: str, hide_title: bool = False) -> str:
     """Write one biography of a person of ``gender`` working as ``occupation``."""
     occ = "professional" if hide_title else "DJ" if occupation == "dj" else occupation.replace("_", " ")
-    first = rng.choice(_FEMALE_NAMES if gender == "female" else _MALE_NAMES)
+    first = rng.choice(FEMALE_NAMES if gender == "female" else MALE_NAMES)
     return rng.choice(_TEMPLATES).format(
         name=f"{first} {rng.choice(_SURNAMES)}",
         a="an" if occ[0].lower() in "aeiou" else "a",

@@ -14,7 +14,7 @@ from typing import Any
 from datasets import DatasetDict
 
 from crawd.config import CrawdConfig
-from crawd.lexicon import _PRONOUNS, _WORD, gender_lexicon, wordlist_dir
+from crawd.mitigation.lexicon import _PRONOUNS, _WORD, gender_lexicon
 from crawd.methods.registry import register_method
 from crawd.methods.vanilla import adapt
 
@@ -24,11 +24,11 @@ DEFAULTS: dict[str, Any] = {
 }
 
 
-def blind_transform(data: DatasetDict, config: CrawdConfig, data_dir: str | None = None) -> DatasetDict:
+def blind_transform(data: DatasetDict, config: CrawdConfig) -> DatasetDict:
     """The sensitive words of the train texts replaced by ``blind_token`` (see the module doc)."""
     words = config.extra.get("blind_words", DEFAULTS["blind_words"])
     if words is None:
-        swaps, names = gender_lexicon(data_dir or wordlist_dir(config))
+        swaps, names = gender_lexicon()
         words = set(swaps) | _PRONOUNS | {w.lower() for w in config.words}
         name_set = set(names)
     else:

@@ -2,9 +2,9 @@
 
 Two-sided CDA (Zmigrod et al. 2019, ACL; Webster et al. 2020, arXiv:2010.06032): every
 training text also appears with its gendered words and first names swapped
-(:func:`crawd.lexicon.swap_text`). ``cda_mode="append"`` (default, Webster et al.: original +
+(:func:`crawd.mitigation.lexicon.swap_text`). ``cda_mode="append"`` (default, Webster et al.: original +
 swapped copy, the data doubles) or ``"replace"`` (each row swapped with probability 1/2).
-Options in ``CrawdConfig.extra`` (defaults: :data:`DEFAULTS`); ``extra["data_dir"]`` finds the word lists.
+Options in ``CrawdConfig.extra`` (defaults: :data:`DEFAULTS`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 from datasets import DatasetDict, concatenate_datasets
 
 from crawd.config import CrawdConfig
-from crawd.lexicon import gender_lexicon, swap_text, wordlist_dir
+from crawd.mitigation.lexicon import gender_lexicon, swap_text
 from crawd.methods.registry import register_method
 from crawd.methods.vanilla import adapt
 
@@ -30,10 +30,10 @@ def _swap_value(value: Any, swaps: dict[str, str]) -> Any:
     return swaps.get(value.lower(), value) if isinstance(value, str) else value
 
 
-def cda_transform(data: DatasetDict, config: CrawdConfig, data_dir: str | None = None) -> DatasetDict:
+def cda_transform(data: DatasetDict, config: CrawdConfig) -> DatasetDict:
     """Counterfactual data augmentation of the train split (see the module doc)."""
     extra = tuple(tuple(p) for p in config.extra.get("cda_pairs", DEFAULTS["cda_pairs"]))
-    swaps, names = gender_lexicon(data_dir or wordlist_dir(config), extra)
+    swaps, names = gender_lexicon(extra)
     mode = config.extra.get("cda_mode", DEFAULTS["cda_mode"])
     if mode not in ("append", "replace"):
         raise ValueError(f"cda_mode must be 'append' or 'replace', got {mode!r}")

@@ -1,26 +1,22 @@
 """The gender lexicon: paired gendered words and first names, and the two-sided text swap.
 
-Used by counterfactual data augmentation (``cda``), the ``blind`` baseline and the
-counterfactual consistency loss (:mod:`crawd.counterfactual`). Word pairs come from
-built-in core pairs and the shared word lists (Bolukbasi et al. 2016; gn_glove, Zhao
-et al. 2018); first names from the synthetic bios' lists.
+Used by counterfactual data augmentation (``cda``), the ``blind`` baseline and the mitigation's
+training terms (:mod:`crawd.mitigation`). Word pairs come from built-in core pairs and two published
+word lists shipped inside this package (``wordlists/``, read with :mod:`importlib.resources`, so an
+installed crawd reads the same lexicon wherever it runs): Bolukbasi et al. (2016, MIT) and gn_glove
+(Zhao et al. 2018, Apache-2.0), each with its LICENSE beside it. First names: the synthetic bios'
+lists (:mod:`crawd.data.names`).
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import re
 import zlib
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 
-from crawd.config import CrawdConfig
-from crawd.data import bios
-from crawd.data.common import resolve_data_dir
-
-logger = logging.getLogger(__name__)
-
+from crawd.data.names import name_pairs
 
 #: Pronouns and other pairs whose swap needs a rule or must win over the word lists.
 _CORE_PAIRS: tuple[tuple[str, str], ...] = (
@@ -35,29 +31,19 @@ _FUNCTION_WORDS = frozenset(
     ["a", "an", "the", "this", "that", "these", "those", "and", "or", "but", "nor", "so", "yet", "for", "to", "of", "in", "on", "at", "by", "with", "from", "about", "as", "into", "onto", "over", "under", "after", "before", "because", "since", "while", "when", "where", "if", "than", "then", "is", "was", "are", "were", "be", "been", "am", "do", "does", "did", "has", "have", "had", "will", "would", "can", "could", "should", "may", "might", "must", "not", "no", "too", "very", "also", "just", "again", "up", "down", "out", "off", "there", "here", "who", "whom", "which", "what", "how", "why"]
 )
 _WORD = re.compile(r"[A-Za-z]+(?:-[A-Za-z]+)*")
+WORDLISTS = files("crawd.mitigation") / "wordlists"
 
 
-def _read_pairs(data_dir: Path | None) -> list[tuple[str, str]]:
-    """Gendered word pairs from the shared word lists (gn_glove, Bolukbasi et al.); [] without them."""
-    if data_dir is None:
-        return []
-    root = data_dir / "wordlists"
-    pairs: list[tuple[str, str]] = []
-    definitional = root / "bolukbasi" / "definitional_pairs.json"
-    if definitional.is_file():
-        pairs += [tuple(p) for p in json.loads(definitional.read_text())]
-    male, female = root / "gn_glove" / "male_word_file.txt", root / "gn_glove" / "female_word_file.txt"
-    if male.is_file() and female.is_file():
-        pairs += [(m.strip(), f.strip()) for m, f in zip(male.read_text().splitlines(), female.read_text().splitlines())
-                  if m.strip() and f.strip()]
-    equalize = root / "bolukbasi" / "equalize_pairs.json"
-    if equalize.is_file():
-        pairs += [tuple(p) for p in json.loads(equalize.read_text())]
+def listed_pairs() -> list[tuple[str, str]]:
+    """Gendered word pairs of the shipped word lists, in priority order: Bolukbasi et al.'s definitional
+    pairs, gn_glove's aligned lists, Bolukbasi et al.'s equalize pairs."""
+    bolukbasi, gn_glove = WORDLISTS / "bolukbasi", WORDLISTS / "gn_glove"
+    pairs = [tuple(p) for p in json.loads((bolukbasi / "definitional_pairs.json").read_text())]
+    male = (gn_glove / "male_word_file.txt").read_text().splitlines()
+    female = (gn_glove / "female_word_file.txt").read_text().splitlines()
+    pairs += [(m.strip(), f.strip()) for m, f in zip(male, female) if m.strip() and f.strip()]
+    pairs += [tuple(p) for p in json.loads((bolukbasi / "equalize_pairs.json").read_text())]
     return pairs
-
-
-def _name_pairs() -> list[tuple[str, str]]:
-    return list(zip(bios._MALE_NAMES, bios._FEMALE_NAMES))
 
 
 _PRONOUNS = frozenset({"her", "his", "him", "hers"})
@@ -66,23 +52,21 @@ _LISTED_NAMES = frozenset({"Mary", "John"})
 
 
 @lru_cache(maxsize=8)
-def gender_lexicon(data_dir: str | None, extra: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, str], dict[str, str]]:
+def gender_lexicon(extra: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, str], dict[str, str]]:
     """(word swaps in lower case, first-name swaps in exact case).
 
     Priority when a word occurs in several pairs: the core pairs above, then ``extra``,
-    then Bolukbasi's definitional pairs, gn_glove, Bolukbasi's equalize pairs; a word
-    already taken keeps its first partner. Entries with an underscore (multi-word) and
-    pairs of identical words are skipped. "her", "his", "him" and "hers" are handled by
-    :func:`swap_text`'s rule, not by the table. Names: the synthetic bios' first-name
-    lists (:mod:`crawd.data.bios`, female and male lists paired by position) first, then
-    Mary / John where both are still free.
+    then the shipped lists (:func:`listed_pairs`); a word already taken keeps its first
+    partner. Entries with an underscore (multi-word) and pairs of identical words are
+    skipped. "her", "his", "him" and "hers" are handled by :func:`swap_text`'s rule, not by
+    the table. Names: the synthetic bios' first-name lists (:mod:`crawd.data.names`, female
+    and male lists paired by position) first, then Mary / John where both are still free.
     """
     swaps: dict[str, str] = {}
     names: dict[str, str] = {}
-    for male, female in _name_pairs():
+    for male, female in name_pairs():
         names[male], names[female] = female, male
-    listed = list(_CORE_PAIRS) + list(extra) + _read_pairs(Path(data_dir) if data_dir else None)
-    for a, b in listed:
+    for a, b in list(_CORE_PAIRS) + list(extra) + listed_pairs():
         if any(c in a + b for c in "_ "):
             continue
         if a in _LISTED_NAMES or b in _LISTED_NAMES:
@@ -94,23 +78,6 @@ def gender_lexicon(data_dir: str | None, extra: tuple[tuple[str, str], ...] = ()
             continue
         swaps[a], swaps[b] = b, a
     return swaps, names
-
-
-def wordlist_dir(config: CrawdConfig | None = None) -> str | None:
-    """Folder holding ``wordlists/``: ``extra["data_dir"]``, else ``$CRAWD_DATA_DIR``, else
-    ``../shared/data`` beside the checkout (as the tests find it), else None (then CDA and
-    blind use the core pairs and the names only, with a warning)."""
-    given = (config.extra.get("data_dir") if config is not None else None)
-    found = resolve_data_dir(given)
-    if found is None:
-        guess = Path(__file__).resolve().parents[3] / "shared" / "data"
-        found = guess if guess.is_dir() else None
-    if found is None or not (found / "wordlists").is_dir():
-        logger.warning(
-            "no wordlists/ folder found (set CRAWD_DATA_DIR or extra.data_dir): CDA / blind use the built-in "
-            "core gender pairs and first names only")
-        return None
-    return str(found)
 
 
 def _match_case(word: str, template: str) -> str:
