@@ -208,7 +208,7 @@ def assert_step_logits_match(model, tokenizer, enc, cached, arch):
         steps = [out.logits[:, -1]]
         for t in range(n0, cached.shape[1] - 1):
             out = model(cached[:, t: t + 1], mask[:, : t + 1], position_ids=positions[:, t: t + 1],
-                        past_key_values=out.past_key_values, use_cache=True)
+                        cache=out.cache, use_cache=True)
             steps.append(out.logits[:, -1])
         assert max_diff(torch.stack(steps, 1), full_logits[:, n0 - 1: -1]) < 1e-4
         base_logits = crawd.adapt(tiny_model(arch), tokenizer).eval()(cached, mask, position_ids=positions).logits
@@ -218,10 +218,10 @@ def test_foreign_cache_is_refused(tokenizer):
     model = self_model(tiny_model("llama"), tokenizer).eval()
     enc = batch(tokenizer, side="left")
     with torch.no_grad():
-        cache = model.base(**enc, use_cache=True).past_key_values
+        cache = model.base(**enc, use_cache=True).cache
         with pytest.raises(ValueError, match="KV cache returned by this model"):
             model(enc["input_ids"][:, :1], torch.ones(2, enc["input_ids"].shape[1] + 1, dtype=torch.long),
-                  past_key_values=cache, use_cache=True)
+                  cache=cache, use_cache=True)
 
 
 def backward_on_a_batch(model, tokenizer) -> set[str]:

@@ -135,7 +135,7 @@ class AdaptedModel(nn.Module):
 
     # ---- forward ----------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
-        """Run the backbone; returns its output (``last_hidden_state``, ``past_key_values``)."""
+        """Run the backbone; returns its output (``last_hidden_state``, ``cache``)."""
         return self.erased(self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs))
 
     def erased(self, out: Any) -> Any:
@@ -339,7 +339,7 @@ class AdaptedModel(nn.Module):
     def output(self, loss: torch.Tensor | None, logits: torch.Tensor,
                out: Any) -> CausalLMOutputWithPast | SequenceClassifierOutput:
         if self.task == "lm":
-            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+            return CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache)
         return SequenceClassifierOutput(loss=loss, logits=logits)
 
     # ---- generation -------------------------------------------------------------------
@@ -381,8 +381,8 @@ class AdaptedModel(nn.Module):
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
             if use_cache:
                 out = self.encode(new, mask, position_ids=positions[:, -new.shape[1]:],
-                                  past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                                  cache=cache, use_cache=True)
+                cache = out.cache
                 logits = self.head(out.last_hidden_state, mask[:, -new.shape[1]:], state,
                                    open_positions=self.open_positions(new, state))[:, -1]
             else:

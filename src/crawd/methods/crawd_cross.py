@@ -123,7 +123,7 @@ class CrawdModel(AdaptedModel):
         """As :meth:`AdaptedModel.forward`. When H_b is not served from the eval cache (training, or
         gradients on), it comes from the same backbone call as H_x (:meth:`encode_with_reference`).
 
-        That shared call returns no KV cache (``past_key_values`` is None); generation, calls with
+        That shared call returns no KV cache (``cache`` is None); generation, calls with
         backbone options (``kwargs``) and training with debiasing terms (which add their own rows)
         take the two-call path."""
         if attention_mask is None:

@@ -357,7 +357,7 @@ class SelfDecayModel(AdaptedModel):
     # ---- forward ------------------------------------------------------------------------
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **kwargs: Any) -> Any:
         """Run the backbone with the decay in the chosen layers (see the module doc)."""
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache")
         candidates = self.candidate_table[input_ids]
         past = self._past_scores(cache, input_ids.shape[0])
         scores = None if self.contextual else self.token_scores(input_ids)
@@ -387,7 +387,7 @@ class SelfDecayModel(AdaptedModel):
                 raise RuntimeError(f"mode='self': the hook on layer {self.score_layer} did not run")
         else:
             out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        new_cache = getattr(out, "past_key_values", None)
+        new_cache = getattr(out, "cache", None)
         if new_cache is not None:
             setattr(new_cache, CACHE_ATTR, (scores, candidates))
         return self.erased(out)
