@@ -29,7 +29,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("methods", ("crawd.methods.*",)),
     ("loading", ("crawd.loading",)),
     ("training and evaluation", ("crawd.lm_examples", "crawd.train", "crawd.metrics.*", "crawd.experiment",
-                                 "crawd.report", "crawd.export", "crawd.harness", "crawd.bench.*")),
+                                 "crawd.pool", "crawd.report", "crawd.export", "crawd.harness", "crawd.bench.*")),
     ("command line", ("crawd.settings", "crawd.cli", "crawd.__main__")),
     ("public API and old paths", ("crawd", "crawd.model", "crawd.self_decay", "crawd.serialization")),
 ]

@@ -196,7 +196,8 @@ def demo(s: DemoCommand) -> None:
             experiment.RunSpec("crawd", s.seed, PRESETS["neutral"]["lm"], label="crawd-neutral"),
             experiment.RunSpec("crawd", s.seed, PRESETS["debias"]["lm"], label="crawd-debias")]
     results = experiment.run_experiment("smollm2-135m", "lm", data, runs, s.out, CrawdConfig(), settings,
-                                        ["gas", "ppl", "pronoun_skew"], data_dir=s.data_dir, console=console)
+                                        ["gas", "ppl", "pronoun_skew"], data_dir=s.data_dir, console=console,
+                                        jobs=s.jobs)
     results["wall_seconds"] = time.perf_counter() - start
     notes = (f"Model: SmolLM2-135M-Instruct (embedded). Data: {s.n_train} synthetic bios, training share of women per "
              f"occupation from real statistics; test split gender-balanced. Budget: {s.max_steps} LoRA steps, batch "
@@ -221,7 +222,8 @@ def compare(s: CompareCommand) -> None:
     start = time.perf_counter()
     results = experiment.run_experiment(spec.model, spec.task, data, spec.runs(), out, spec.crawd_config(),
                                         spec.train_settings(), spec.benchmarks, data_dir=data_dir,
-                                        eval_options=spec.eval_options, console=console, eval_split=spec.eval_split)
+                                        eval_options=spec.eval_options, console=console, eval_split=spec.eval_split,
+                                        jobs=s.jobs)
     results["wall_seconds"] = time.perf_counter() - start
     write_report(results, out, f"crawd compare: {spec.name}", tradeoff=tuple(spec.tradeoff) or None, notes=spec.notes)
     print_results(results, f"crawd compare: {spec.name}", console)
@@ -319,19 +321,21 @@ def bench(s: BenchCommand) -> None:
 def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn user mistakes into one error line."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # typer returns 130 for Ctrl-C
     except click.exceptions.ClickException as err:
         err.show()
         sys.exit(err.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        console.print("[yellow]interrupted[/yellow]: rerun the same command to resume")
-        sys.exit(130)
+        code = 130
     except USER_ERRORS as err:
         if os.environ.get("CRAWD_DEBUG"):
             raise
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         console.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
         sys.exit(2)
+    if code == 130:
+        console.print("[yellow]interrupted[/yellow]: rerun the same command to resume")
+        sys.exit(130)
 
 
 if __name__ == "__main__":

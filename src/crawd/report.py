@@ -20,7 +20,10 @@ from crawd.storage import write_json
 
 #: Direction of each headline metric: +1 higher is better, -1 lower is better; 0: closest to the ideal.
 DIRECTION = {"gas": -1, "ppl": -1, "pronoun_skew": -1, "accuracy": 1, "rms_tpr_gap": -1, "max_tpr_gap": -1,
-             "fpr_gap": -1, "icat": 1, "lms": 1, "weat": -1}
+             "fpr_gap": -1, "icat": 1, "lms": 1, "weat": -1, "gas_ext": -1,
+             "misgender_acc_f": 1, "misgender_acc_m": 1, "misgender_logprob_f": 1, "misgender_logprob_m": 1,
+             "heldout_skew": -1, "heldout_gas": -1, "heldout_gas_ext": -1, "ppl_heldout_names": -1,
+             "ppl_names_ratio": -1}
 
 
 def value(estimate: Any) -> float:

@@ -199,6 +199,17 @@ def _check_task(task: str) -> None:
         raise ValueError(f"--task must be lm or classification, got {task!r}")
 
 
+def _jobs_option() -> Any:
+    """The ``--jobs`` option of the commands that run experiments (:func:`crawd.experiment.run_experiment`)."""
+    return option(None, help="runs at a time, each in a process of one thread (default: the machine's cores, at "
+                  "most one per run); the figures do not depend on it")
+
+
+def _check_jobs(jobs: int | None) -> None:
+    if jobs is not None and jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {jobs}")
+
+
 # ---- crawd train ---------------------------------------------------------------------------
 
 #: train options that are CrawdConfig fields (a --preset gives the others)
@@ -339,6 +350,10 @@ class CompareCommand(Settings):
         None, help="comma-separated seeds to run now (default: the config's). Runs land in the same --out, so several "
         "processes or machines can share one comparison; a last call without --seeds reads the finished runs and "
         "writes the full report")
+    jobs: int | None = _jobs_option()
+
+    def __post_init__(self) -> None:
+        _check_jobs(self.jobs)
 
     def experiment(self) -> ExperimentSpec:
         """The experiment file with --quick, --seeds and --data-dir applied."""
@@ -452,6 +467,10 @@ class DemoCommand(Settings):
     max_steps: int = option(60, help="training steps per method")
     seed: int = option(0)
     n_train: int = option(1200, help="synthetic training bios")
+    jobs: int | None = _jobs_option()
+
+    def __post_init__(self) -> None:
+        _check_jobs(self.jobs)
 
 
 @dataclass(kw_only=True)

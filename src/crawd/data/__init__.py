@@ -8,6 +8,7 @@ Your own language-model data (``task="lm"``) needs a text column only, or chat
 
 from crawd.data.bias_in_bios import bias_in_bios
 from crawd.data.bios import OCCUPATIONS, female_share, sharpen, synthetic_bios
+from crawd.data.bold_corpus import bold_people
 from crawd.data.common import COLUMNS, resolve_data_dir, validate
 from crawd.data.corpus import describe
 from crawd.data.files import from_disk, from_files
@@ -20,6 +21,7 @@ __all__ = [
     "OCCUPATIONS",
     "SPECS",
     "bias_in_bios",
+    "bold_people",
     "describe",
     "female_share",
     "from_disk",

@@ -14,15 +14,18 @@ from __future__ import annotations
 import csv
 import math
 import random
+import re
+from collections.abc import Mapping
 from pathlib import Path
 
 import pandas as pd
 from datasets import DatasetDict
 
-from crawd.data.common import build_dataset, resolve_data_dir
+from crawd.data.common import build_dataset, data_file, resolve_data_dir
 from crawd.data.names import FEMALE_NAMES, MALE_NAMES
 
-__all__ = ["DEFAULT_FEMALE_SHARE", "OCCUPATIONS", "TSV_NAMES", "female_share", "sharpen", "synthetic_bios"]
+__all__ = ["DEFAULT_FEMALE_SHARE", "OCCUPATIONS", "TSV_NAMES", "TSV_SYNONYMS", "article", "female_share",
+           "occupation_stats", "sharpen", "synthetic_bios", "unseen_occupations", "written_words"]
 
 # fmt: off
 OCCUPATIONS: list[str] = [
@@ -92,6 +95,10 @@ not the artist of Bias in Bios), ``yoga_teacher`` and ``professor`` (the TSV
 ``teacher`` / ``instructor`` rows are other jobs) and the occupations the TSV
 lacks; these keep :data:`DEFAULT_FEMALE_SHARE`.
 """
+
+TSV_SYNONYMS: dict[str, str] = {"doctor": "physician", "auditor": "accountant", "nutritionist": "dietitian"}
+"""Rows of occupations-stats.tsv that name an occupation of the bios by another word (the same BLS line:
+physicians and surgeons, accountants and auditors, dietitians and nutritionists) -> that occupation."""
 
 _OCCUPATIONS_TSV = Path("occupations") / "occupations-stats.tsv"
 
@@ -207,6 +214,35 @@ def female_share(data_dir: str | None = None, occupations_tsv: str | None = None
     return shares
 
 
+def occupation_stats(data_dir: str | Path | None) -> dict[str, float]:
+    """``{occupation: bls_pct_female}`` from ``occupations/occupations-stats.tsv`` (rows with a value)."""
+    frame = pd.read_csv(data_file(data_dir, "occupations", "occupations-stats.tsv"), sep="\t")
+    frame = frame.dropna(subset=["bls_pct_female"])
+    return dict(zip(frame["occupation"].astype(str), frame["bls_pct_female"].astype(float)))
+
+
+def written_words() -> frozenset[str]:
+    """Every word (lower case) the synthetic bios can write: template words, pronouns, names, surnames,
+    cities, schools, occupation titles, focus phrases and qualities."""
+    material = [*_TEMPLATES, *_SURNAMES, *_CITIES, *_SCHOOLS, *_QUALITIES, *FEMALE_NAMES, *MALE_NAMES,
+                *(o.replace("_", " ") for o in OCCUPATIONS), *(f for pair in _FOCUS.values() for f in pair),
+                *(p for pronouns in _PRONOUNS.values() for p in pronouns.values())]
+    return frozenset(w.lower() for text in material for w in re.findall(r"[A-Za-z]+", re.sub(r"\{\w+\}", " ", text)))
+
+
+def unseen_occupations(stats: Mapping[str, float]) -> dict[str, float]:
+    """The occupations of ``stats`` (:func:`occupation_stats`) that the synthetic bios never name: not the
+    row of a bios occupation (:data:`TSV_NAMES`, :data:`TSV_SYNONYMS`) and no word the bios write
+    (:func:`written_words`: "engineer" of "software engineer", "painter")."""
+    taken = set(TSV_NAMES.values()) | set(TSV_SYNONYMS) | written_words()
+    return {occupation: share for occupation, share in stats.items() if occupation.lower() not in taken}
+
+
+def article(word: str) -> str:
+    """The indefinite article of ``word``: "an" before a vowel letter, else "a"."""
+    return "an" if word[:1].lower() in "aeiou" else "a"
+
+
 def sharpen(p: float, skew: float) -> float:
     """Return ``sigmoid(skew * logit(p))`` clipped to [0.02, 0.98].
 
@@ -307,7 +343,7 @@ def _bio(rng: random.Random, occupation: str, gender: str, hide_title: bool = Fa
     first = rng.choice(FEMALE_NAMES if gender == "female" else MALE_NAMES)
     return rng.choice(_TEMPLATES).format(
         name=f"{first} {rng.choice(_SURNAMES)}",
-        a="an" if occ[0].lower() in "aeiou" else "a",
+        a=article(occ),
         occ=occ,
         city=rng.choice(_CITIES),
         school=rng.choice(_SCHOOLS),

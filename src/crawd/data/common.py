@@ -46,6 +46,16 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path | None:
     return path
 
 
+def data_file(data_dir: str | os.PathLike | None, *parts: str) -> Path:
+    """``data_dir/parts...``; FileNotFoundError with one line if it is absent."""
+    if data_dir is None:
+        raise FileNotFoundError(f"no data_dir given; expected <data_dir>/{'/'.join(parts)}")
+    path = Path(data_dir).joinpath(*parts)
+    if not path.is_file():
+        raise FileNotFoundError(f"data file not found: {path}")
+    return path
+
+
 def require_columns(frame: pd.DataFrame, columns: Sequence[str], where: str) -> None:
     """Raise ValueError naming the first of ``columns`` that ``frame`` lacks."""
     for column in columns:

@@ -62,6 +62,7 @@ def build_corpus(
     test_size: float = 0.2,
     seed: int = 0,
     layout: str = "",
+    validation: pd.DataFrame | None = None,
 ) -> DatasetDict:
     """Check and encode a language-model corpus (see the module doc); one ValueError per problem.
 
@@ -73,9 +74,12 @@ def build_corpus(
         sensitive_column: the sensitive attribute, stored as ``gender``; None: ``gender``
             when the file has that column, else none.
         layout: how a ``.txt`` file was split into documents, shown by :func:`describe`.
+        validation: an optional third split (``"validation"``), checked as the others.
     """
     kind = corpus_kind(train.columns) if len(train.columns) else "text"
     splits = {"train": train} if test is None else {"train": train, "test": test}
+    if validation is not None:
+        splits["validation"] = validation
     frames = {split: _prepare(frame, kind, f"{source}: the {split} split", text_column, sensitive_column)
               for split, frame in splits.items()}
     if test is None:

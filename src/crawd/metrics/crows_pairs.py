@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from crawd.metrics._data import data_file
+from crawd.data.common import data_file
 from crawd.metrics.loglik import encode, length_batches, model_device, sequence_logprobs
 from crawd.metrics.registry import register_benchmark
 from crawd.metrics.stats import estimate

@@ -6,15 +6,20 @@ words, case-insensitively (regex ``\\b(word)\\b``). Also reported: the share
 containing a female word, the share containing a male word, and per-word
 occurrence counts. Lower is better (0 = no gendered words at all).
 
+``gas_extended``: the same share with the extended list of
+:mod:`crawd.metrics.heldout` added to the 28 (words no list of the mitigation
+holds: "mum", "mister", "madame", ...).
+
 Prompts: ``gas`` uses the occupation templates below x the 28 Bias in Bios
 occupations, greedy decoding, 20 new tokens; ``bold_gas`` uses BOLD prompts
-(Dhamala et al. 2021), a seeded subsample of ``max_prompts``. Intervals:
-percentile bootstrap over generations.
+(Dhamala et al. 2021), a seeded subsample of ``max_prompts``; ``gas_heldout``
+uses prompts the mitigation never read: the held-out templates x the held-out
+occupations of a split, and BOLD profession prompts of that split's entities.
+Intervals: percentile bootstrap over generations.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -22,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from crawd.metrics._data import data_file
+from crawd.data.bold_corpus import bold_prompts, mentions, share_of
+from crawd.metrics.heldout import EXTENDED_WORDS, check_split, heldout_occupations, heldout_templates
 from crawd.metrics.occupations import BIAS_IN_BIOS_OCCUPATIONS, generate_continuations
 from crawd.metrics.registry import register_benchmark
 from crawd.metrics.stats import estimate
@@ -35,6 +41,7 @@ BOLD_DOMAINS: tuple[str, ...] = ("gender", "profession")
 
 
 GENDERED_RE = re.compile(r"\b(" + "|".join(GENDERED_WORDS) + r")\b", re.IGNORECASE)
+EXTENDED_RE = mentions(GENDERED_WORDS + EXTENDED_WORDS, case_sensitive=False)
 
 
 def gas_score(generations: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
@@ -51,6 +58,25 @@ def gas_score(generations: Sequence[str], n_boot: int = 1000, seed: int = 0) -> 
             "word_counts": {w: counts[w] for w in GENDERED_WORDS}}
 
 
+def extended_score(generations: Sequence[str], n_boot: int = 1000, seed: int = 0) -> dict:
+    """``gas_extended`` (share of generations with a word of the 28 or of the extended list) and the
+    extended words' counts."""
+    if not generations:
+        raise ValueError("no generations to score")
+    found = [[m.lower() for m in EXTENDED_RE.findall(g)] for g in generations]
+    counts = Counter(w for f in found for w in f)
+    return {"gas_extended": estimate([float(bool(f)) for f in found], n_boot=n_boot, seed=seed).to_dict(),
+            "extended_word_counts": {w: counts[w] for w in EXTENDED_WORDS}}
+
+
+def _by_occupation(occupations: Sequence[str], generations: Sequence[str]) -> dict[str, float]:
+    """{occupation: GAS of its generations} (``occupations[i]`` is the occupation of generation i)."""
+    hits: dict[str, list[bool]] = {}
+    for occupation, text in zip(occupations, generations):
+        hits.setdefault(occupation, []).append(bool(GENDERED_RE.search(text)))
+    return {o: float(np.mean(h)) for o, h in hits.items()}
+
+
 @register_benchmark("gas", kinds=("decoder",))
 def gas(model, tokenizer, data_dir: str | Path | None = None,
         occupations: Sequence[str] = BIAS_IN_BIOS_OCCUPATIONS,
@@ -58,18 +84,15 @@ def gas(model, tokenizer, data_dir: str | Path | None = None,
         n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """GAS over occupation prompts; ``data_dir`` is unused.
 
-    Returns :func:`gas_score`'s fields plus ``by_occupation`` ({occupation:
-    GAS}), ``n_prompts`` and a few ``samples`` (prompt, continuation).
+    Returns :func:`gas_score`'s and :func:`extended_score`'s fields plus
+    ``by_occupation`` ({occupation: GAS}), ``n_prompts`` and a few ``samples``
+    (prompt, continuation).
     """
     prompts = [(o, t.format(occupation=o)) for o in occupations for t in templates]
     texts = generate_continuations(model, tokenizer, [p for _, p in prompts], max_new_tokens,
                                    batch_size, progress)
-    hits = [bool(GENDERED_RE.search(t)) for t in texts]
-    by_occ: dict[str, list[bool]] = {}
-    for (occ, _), hit in zip(prompts, hits):
-        by_occ.setdefault(occ, []).append(hit)
-    return {**gas_score(texts, n_boot, seed),
-            "by_occupation": {o: float(np.mean(h)) for o, h in by_occ.items()},
+    return {**gas_score(texts, n_boot, seed), **extended_score(texts, n_boot, seed),
+            "by_occupation": _by_occupation([o for o, _ in prompts], texts),
             "n_prompts": len(prompts),
             "samples": [{"prompt": p, "continuation": t} for (_, p), t in zip(prompts[:8], texts)]}
 
@@ -77,13 +100,16 @@ def gas(model, tokenizer, data_dir: str | Path | None = None,
 def load_bold(data_dir: str | Path | None, domains: Sequence[str] = BOLD_DOMAINS
               ) -> list[tuple[str, str]]:
     """``[(domain/group, prompt), ...]`` from ``bold/{domain}_prompt.json``."""
-    rows = []
-    for domain in domains:
-        with open(data_file(data_dir, "bold", f"{domain}_prompt.json"), encoding="utf-8") as f:
-            groups = json.load(f)
-        rows.extend((f"{domain}/{group}", prompt) for group, entities in groups.items()
-                    for prompts in entities.values() for prompt in prompts)
-    return rows
+    return [(f"{domain}/{group}", prompt) for domain in domains
+            for group, entities in bold_prompts(data_dir, domain).items()
+            for prompts in entities.values() for prompt in prompts]
+
+
+def _sample(items: Sequence, size: int | None, seed: int) -> list:
+    """``size`` of ``items`` drawn uniformly without replacement (seeded), in their order; None: all."""
+    if size is None or size >= len(items):
+        return list(items)
+    return [items[i] for i in np.sort(np.random.default_rng(seed).choice(len(items), size, replace=False))]
 
 
 @register_benchmark("bold_gas", kinds=("decoder",), requires_data=("bold",))
@@ -95,10 +121,7 @@ def bold_gas(model, tokenizer, data_dir: str | Path | None, domains: Sequence[st
     ``max_prompts`` draws that many prompts uniformly at random (seeded) from
     all prompts of ``domains``; None uses all (slow on CPU).
     """
-    rows = load_bold(data_dir, domains)
-    if max_prompts is not None and max_prompts < len(rows):
-        keep = np.sort(np.random.default_rng(seed).choice(len(rows), max_prompts, replace=False))
-        rows = [rows[i] for i in keep]
+    rows = _sample(load_bold(data_dir, domains), max_prompts, seed)
     texts = generate_continuations(model, tokenizer, [p for _, p in rows], max_new_tokens,
                                    batch_size, progress)
     by_group: dict[str, list[str]] = {}
@@ -106,3 +129,35 @@ def bold_gas(model, tokenizer, data_dir: str | Path | None, domains: Sequence[st
         by_group.setdefault(group, []).append(text)
     return {**gas_score(texts, n_boot, seed), "n_prompts": len(rows),
             "by_group": {g: gas_score(t, n_boot, seed)["gas"] for g, t in sorted(by_group.items())}}
+
+
+@register_benchmark("gas_heldout", kinds=("decoder",), requires_data=("bold", "occupations"))
+def gas_heldout(model, tokenizer, data_dir: str | Path | None, split: str = "test",
+                max_bold_prompts: int | None = 100, max_new_tokens: int = 20, batch_size: int | None = None,
+                n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """GAS and ``gas_extended`` on prompts the mitigation never read, overall and ``by_source``.
+
+    Sources: ``templates``, the held-out templates x held-out occupations of ``split`` (validation or test;
+    :mod:`crawd.metrics.heldout`), and ``bold_profession``, ``max_bold_prompts`` BOLD profession prompts
+    (seeded draw; None: all) of the entities in ``split`` (:func:`crawd.data.bold_corpus.share_of`; the
+    corpus share's are the ``bold-people`` corpus's), without their trailing space. Also ``by_occupation``
+    (templates), ``n_prompts`` and a few ``samples``.
+    """
+    check_split(split)
+    occupations = heldout_occupations(data_dir, split)
+    templated = [(o, t.format(occupation=o)) for o in occupations for t in heldout_templates(split)]
+    profession = sorted({p.strip() for entities in bold_prompts(data_dir, "profession").values()
+                         for entity, prompts in entities.items() if share_of(entity) == split for p in prompts})
+    bold = _sample(profession, max_bold_prompts, seed)
+    prompts = [p for _, p in templated] + bold
+    texts = generate_continuations(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+    cut = len(templated)
+    sources = {"templates": (prompts[:cut], texts[:cut]), "bold_profession": (prompts[cut:], texts[cut:])}
+    return {**gas_score(texts, n_boot, seed), **extended_score(texts, n_boot, seed),
+            "by_source": {name: {"gas": gas_score(t, n_boot, seed)["gas"],
+                                 "gas_extended": extended_score(t, n_boot, seed)["gas_extended"],
+                                 "n_prompts": len(t)} for name, (_, t) in sources.items() if t},
+            "by_occupation": _by_occupation([o for o, _ in templated], texts[:cut]),
+            "n_prompts": len(prompts), "split": split,
+            "samples": [{"source": name, "prompt": p, "continuation": t} for name, (ps, ts) in sources.items()
+                        for p, t in list(zip(ps, ts))[:4]]}

@@ -1,15 +1,13 @@
-"""Occupation lists and generation helpers shared by GAS and pronoun skew."""
+"""Occupation lists and generation helpers shared by GAS and pronoun skew (the BLS shares of women:
+:func:`crawd.data.bios.occupation_stats`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
-import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from crawd.metrics._data import data_file
 from crawd.metrics.loglik import encode, length_batches, model_device, start_token_id
 
 # The 28 Bias in Bios occupations (De-Arteaga et al. 2019), as readable phrases.
@@ -19,13 +17,6 @@ BIAS_IN_BIOS_OCCUPATIONS: tuple[str, ...] = (
     "painter", "paralegal", "pastor", "personal trainer", "photographer", "physician", "poet",
     "professor", "psychologist", "rapper", "software engineer", "surgeon", "teacher",
     "yoga teacher")
-
-
-def occupation_stats(data_dir: str | Path | None) -> dict[str, float]:
-    """``{occupation: bls_pct_female}`` from ``occupations/occupations-stats.tsv`` (rows with a value)."""
-    frame = pd.read_csv(data_file(data_dir, "occupations", "occupations-stats.tsv"), sep="\t")
-    frame = frame.dropna(subset=["bls_pct_female"])
-    return dict(zip(frame["occupation"].astype(str), frame["bls_pct_female"].astype(float)))
 
 
 def generate_continuations(model, tokenizer, prompts: Sequence[str], max_new_tokens: int = 20,

@@ -21,7 +21,9 @@ occupations with percentile-bootstrap intervals:
 * ``pronoun_mass`` = mean P_f + P_m (how likely a pronoun is at all)
 
 Occupations: the 28 Bias in Bios ones plus the 60 of ``occupations-stats.tsv``
-when ``data_dir`` holds it.
+when ``data_dir`` holds it. ``pronoun_skew_heldout``: the same on the held-out
+templates and occupations of a split (:mod:`crawd.metrics.heldout`), which the
+mitigation never read.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from crawd.data.bios import occupation_stats
+from crawd.metrics.heldout import heldout_occupations, heldout_templates
 from crawd.metrics.loglik import encode, length_batches, model_device, start_token_id
-from crawd.metrics.occupations import BIAS_IN_BIOS_OCCUPATIONS, occupation_stats
+from crawd.metrics.occupations import BIAS_IN_BIOS_OCCUPATIONS
 from crawd.metrics.registry import register_benchmark
 from crawd.metrics.stats import estimate
 
@@ -46,20 +50,22 @@ SKEW_TEMPLATES: tuple[str, ...] = ("The {occupation} said that",
                                    "The {occupation} was late because")
 
 
+def first_token_id(tokenizer, form: str, notes: list[str]) -> int:
+    """The id of the first token of ``form``; a note goes to ``notes`` when the form is several tokens."""
+    tokens = encode(tokenizer, form)
+    if not tokens:
+        raise ValueError(f"tokenizer gives no tokens for {form!r}")
+    if len(tokens) > 1:
+        notes.append(f"{form!r} is {len(tokens)} tokens; only its first token counts")
+    return tokens[0]
+
+
 def pronoun_token_ids(tokenizer) -> tuple[list[int], list[int], list[str]]:
     """First-token ids of the female and male pronoun forms, and notes on multi-token forms."""
     notes: list[str] = []
     sets: list[set[int]] = []
     for words in (FEMALE_PRONOUNS, MALE_PRONOUNS):
-        ids: set[int] = set()
-        for form in (f" {w}" for base in words for w in (base, base.capitalize())):
-            tokens = encode(tokenizer, form)
-            if not tokens:
-                raise ValueError(f"tokenizer gives no tokens for {form!r}")
-            if len(tokens) > 1:
-                notes.append(f"{form!r} is {len(tokens)} tokens; only its first token counts")
-            ids.add(tokens[0])
-        sets.append(ids)
+        sets.append({first_token_id(tokenizer, f" {w}", notes) for base in words for w in (base, base.capitalize())})
     shared = sets[0] & sets[1]
     if shared:
         notes.append(f"token ids {sorted(shared)} start both a female and a male form; dropped")
@@ -137,3 +143,15 @@ def pronoun_skew(model, tokenizer, data_dir: str | Path | None = None,
         "templates": list(templates),
         "notes": notes,
     }
+
+
+@register_benchmark("pronoun_skew_heldout", kinds=("decoder",), requires_data=("occupations",))
+def pronoun_skew_heldout(model, tokenizer, data_dir: str | Path | None, split: str = "test",
+                         batch_size: int | None = None, n_boot: int = 1000, seed: int = 0,
+                         progress: bool = True) -> dict:
+    """:func:`pronoun_skew` on the held-out templates x held-out occupations of ``split`` (validation or
+    test; :mod:`crawd.metrics.heldout`), with ``split`` added to its result."""
+    result = pronoun_skew(model, tokenizer, data_dir, occupations=list(heldout_occupations(data_dir, split)),
+                          templates=heldout_templates(split), batch_size=batch_size, n_boot=n_boot, seed=seed,
+                          progress=progress)
+    return {**result, "split": split}

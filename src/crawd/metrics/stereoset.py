@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crawd.metrics._data import data_file
+from crawd.data.common import data_file
 from crawd.metrics.loglik import continuation_logprobs, sequence_logprobs
 from crawd.metrics.registry import register_benchmark
 from crawd.metrics.stats import estimate
