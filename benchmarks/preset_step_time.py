@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         base, tokenizer = load_model(args.model, "lm")
         model = adapt(base, tokenizer) if name == "vanilla" else wrap(base, tokenizer, preset_config(name))
         collate = Collator(tokenizer, "lm")
-        if model.objective is not None:
-            collate = model.objective.collator(collate, tokenizer)
+        if model.mitigation is not None:
+            collate = model.mitigation.collator(collate, tokenizer)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
         variants[name] = (model.train(), collate, optimizer, tokenizer, [])
     for step in range(args.warmup + args.rounds):

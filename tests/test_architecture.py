@@ -24,7 +24,7 @@ PACKAGE = Path(crawd.__file__).parent
 #: A name ending in ".*" covers a package and everything in it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("settings and data", ("crawd.config", "crawd.sensitive", "crawd.models", "crawd.data.*")),
-    ("model pieces", ("crawd.block", "crawd.erasure", "crawd.mitigation.*", "crawd.counterfactual", "crawd.storage")),
+    ("model pieces", ("crawd.block", "crawd.erasure", "crawd.mitigation.*", "crawd.storage")),
     ("adapted base", ("crawd.adapted",)),
     ("methods", ("crawd.methods.*",)),
     ("loading", ("crawd.loading",)),

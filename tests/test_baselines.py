@@ -280,8 +280,7 @@ def test_configs_are_valid_and_quick_is_tiny(name):
     assert set(spec["tradeoff"]) <= headline_names
 
 
-@pytest.mark.parametrize("name", ["mitigation-selection", "mitigation-selection-classification",
-                                  "mitigation-selection-demo-budget"])
+@pytest.mark.parametrize("name", ["mitigation-selection", "mitigation-selection-classification"])
 def test_selection_configs_score_the_validation_split_only(name):
     from crawd.settings import expand_methods
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tokenizer, save_tiny_model, tiny_model, write_csv
+from conftest import WORDS, make_tokenizer, save_tiny_model, tiny_model, write_csv
 
 import crawd
 from crawd.cli import main
@@ -172,10 +172,10 @@ def test_eval_bad_adapter(case, assets, tmp_path, capsys):
         from transformers import LlamaConfig, LlamaForCausalLM
 
         other = LlamaForCausalLM(LlamaConfig(num_hidden_layers=1, hidden_size=64, num_attention_heads=4,
-                                             num_key_value_heads=2, intermediate_size=64, vocab_size=54))
+                                             num_key_value_heads=2, intermediate_size=64, vocab_size=len(WORDS)))
         crawd.wrap(other, make_tokenizer(), num_heads=4).save_pretrained(str(adapter))
-        expected = ("was saved for another base model (llama, hidden size 64, vocabulary 54); "
-                    "this base is llama, hidden size 32, vocabulary 54")
+        expected = (f"was saved for another base model (llama, hidden size 64, vocabulary {len(WORDS)}); "
+                    f"this base is llama, hidden size 32, vocabulary {len(WORDS)}")
     elif case == "corrupt safetensors":
         weights.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all" + b"\0" * 64)
         expected = "crawd_adapter.safetensors is corrupt or truncated"

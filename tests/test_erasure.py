@@ -45,7 +45,7 @@ def test_fitted_eraser_removes_the_linear_signal_by_hand():
 
 @pytest.mark.parametrize("arch, task, fields", [("bert", "classification", {}), ("llama", "lm", {}),
                                                 ("llama", "lm", {"mode": "self"}),
-                                                ("llama", "lm", {"head": "residual", "counterfactual": 1.0})])
+                                                ("llama", "lm", {"head": "residual", "equalize": 1.0})])
 def test_training_fits_saves_and_reloads_the_eraser(tmp_path, tokenizer, arch, task, fields):
     texts = ["she is a nurse", "he is a doctor", "she works as a teacher", "he works as a engineer"] * 6
     data = Dataset.from_dict({"text": texts, "label": [0, 1, 0, 1] * 6, "gender": ["f", "m", "f", "m"] * 6})

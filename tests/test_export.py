@@ -77,7 +77,7 @@ def test_crawd_exports_as_a_crawd_folder_and_refuses_to_merge(mode, folder, tmp_
     assert torch.equal(logits(loaded, loaded.tokenizer), logits(model, tokenizer))
 
 
-@pytest.mark.parametrize("fields,piece", [({"neutralize": 1.0, "neutralize_through": "readout"}, "gendered-word readout"),
+@pytest.mark.parametrize("fields,piece", [({"neutralize": 1.0}, "gendered-word readout"),
                                           ({"erase": True}, "concept eraser")])
 def test_lora_adapters_with_run_time_pieces_export_as_crawd_folders_only(fields, piece, folder, tmp_path):
     base, tokenizer = load_model(str(folder))

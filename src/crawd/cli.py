@@ -184,6 +184,11 @@ def check_transformable(method: str, dataset: Any) -> None:
                          f"{kind.replace('_', '/')} data; use plain text data or another method")
 
 
+#: What the demo scores: the paper's GAS, perplexity, the pronoun skew, and two measures that no list or training
+#: text of the mitigation holds (crawd.metrics.heldout): the skew after held-out prompts, and misgendering.
+DEMO_BENCHMARKS = ["gas", "ppl", "pronoun_skew", "pronoun_skew_heldout", "misgendering"]
+
+
 @command(DemoCommand, "demo")
 def demo(s: DemoCommand) -> None:
     """The main job, offline: biased synthetic bios, SmolLM2-135M, base vs vanilla vs CrAWD (paper) vs the two presets."""
@@ -196,8 +201,7 @@ def demo(s: DemoCommand) -> None:
             experiment.RunSpec("crawd", s.seed, PRESETS["neutral"]["lm"], label="crawd-neutral"),
             experiment.RunSpec("crawd", s.seed, PRESETS["debias"]["lm"], label="crawd-debias")]
     results = experiment.run_experiment("smollm2-135m", "lm", data, runs, s.out, CrawdConfig(), settings,
-                                        ["gas", "ppl", "pronoun_skew"], data_dir=s.data_dir, console=console,
-                                        jobs=s.jobs)
+                                        DEMO_BENCHMARKS, data_dir=s.data_dir, console=console, jobs=s.jobs)
     results["wall_seconds"] = time.perf_counter() - start
     notes = (f"Model: SmolLM2-135M-Instruct (embedded). Data: {s.n_train} synthetic bios, training share of women per "
              f"occupation from real statistics; test split gender-balanced. Budget: {s.max_steps} LoRA steps, batch "
@@ -205,7 +209,9 @@ def demo(s: DemoCommand) -> None:
              "reference 'he she', concat head); crawd-debias, crawd-neutral: the presets (docs/method.md). GAS: "
              "share of greedy continuations of occupation prompts with any of the paper's 28 gendered words (lower "
              "is better); pronoun_skew: mean |P(she)/(P(she)+P(he)) - 0.5| after occupation prompts (0 is ideal); "
-             "ppl: perplexity on held-out bios.")
+             "heldout_skew: the same after templates and occupations no training text or list of crawd holds; "
+             "misgender_acc_f / _m: share of contexts naming a woman / man by a first name no crawd list holds "
+             "where the right pronoun is the more likely one (higher is better); ppl: perplexity on held-out bios.")
     paths = write_report(results, s.out, "crawd demo: base vs vanilla vs CrAWD", tradeoff=("pronoun_skew", "ppl"),
                          notes=notes)
     print_results(results, "crawd demo (SmolLM2-135M, synthetic bios)", console)

@@ -18,10 +18,11 @@ from crawd.sensitive import GROUPS
 HEADS = ("concat", "residual")
 SCOPES = ("example", "row")
 MODES = ("cross", "self")
-EQUALIZE_POSITIONS = ("neutral", "all", "open")
-PROBE_SUBJECTS = ("name", "person")
-TERM_THROUGH = ("model", "readout")
-READOUT_WHERE = ("all", "open")
+#: Options of earlier rounds of the mitigation, removed with the code behind them (their figures stay in
+#: docs/results.md with the commit that produced them), and the values under which they did nothing.
+REMOVED = {"counterfactual": 0.0, "probe_subject": "name", "probe_backward_layers": None,
+           "neutralize_through": "model", "equalize_through": "model", "readout_where": "all"}
+LAST_COMMIT_WITH_REMOVED = "d5f2194"
 
 
 #: Named settings, one per task, that ``CrawdConfig.preset(name, task)`` and ``--preset NAME`` give
@@ -29,13 +30,12 @@ READOUT_WHERE = ("all", "open")
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "paper": {"lm": {}, "classification": {}},
     "debias": {
-        "lm": {"mode": "self", "equalize": 0.3, "equalize_positions": "all"},
+        "lm": {"mode": "self", "equalize": 0.3},
         "classification": {"mode": "self", "erase": True},
     },
     "neutral": {
-        "lm": {"mode": "self", "equalize": 0.1, "equalize_positions": "open", "equalize_through": "readout",
-               "neutralize": 1.0, "neutralize_through": "readout", "readout_where": "open", "probe_subject": "person",
-               "probe_share": 0.25},
+        # decay 1.0: the decay off (it lowered the right pronoun after a named man; docs/results.md, issue 28)
+        "lm": {"mode": "self", "decay": 1.0, "even_open": True, "neutralize": 1.0, "probe_share": 0.25},
         "classification": {"mode": "self", "erase": True},
     },
 }
@@ -74,39 +74,23 @@ class CrawdConfig:
         lora_r, lora_alpha, lora_dropout: LoRA settings (paper: 16, 32, 0.1).
         lora_target_modules: modules LoRA adapts; ``None`` means peft's default for the
             architecture.
-        counterfactual: weight of the counterfactual consistency loss (0: off): each training
-            row gets a gender-swapped twin in the same batch, and the two rows' predictions
-            must agree up to the swap (symmetric KL; :mod:`crawd.counterfactual`).
-        equalize: weight of the equalizing loss of Qian et al. (2019) (0: off): |log P(she) -
-            log P(he)| and the like for every pair of gendered words.
-        equalize_positions: ``"neutral"`` (every position of neutral probes: each row's text
-            with the person's gender hidden, cut before its first gendered word), ``"all"`` (every
-            position of the rows, as Qian et al.) or ``"open"`` (the probes' positions, each
-            weighted by the probability that a gendered word comes next, with the symmetric KL
-            between the next gendered word's distribution and its gender swap).
-        neutralize: weight of the neutralizing term (0: off): at each probe position,
-            -log(1 - P(the next word is gendered)); a gender the text never gave is not assumed.
-        probe_subject: how a probe hides the person's gender: ``"name"`` (first names replaced
-            by gender-neutral ones) or ``"person"`` (first name and surname replaced by "the person").
+        equalize: weight of the equalizing loss of Qian et al. (2019) (0: off): |log P(she) - log P(he)|
+            and the like for every pair of gendered words, at every position of the rows; it trains the
+            whole model.
+        even_open: the gendered-word readout (:mod:`crawd.mitigation`) evens each gendered pair (he and
+            she, his / him and her / hers, ...) wherever the text has not given a gender yet, as the gender
+            cues say: a gender the text never gave is not preferred.
+        neutralize: weight of the neutralizing term (0: off): at the neutral probes (each row's text with its
+            person hidden, cut before its first gendered word), -log(1 - P(the next word is gendered)),
+            training only the readout's shift of the gendered words' logits (a gender the text never gave is
+            not assumed).
         probe_share: the share of a batch's rows that get a probe, in (0, 1] (the probe terms are
             means over probes: fewer probes give the same expected term at a lower cost per step).
-        probe_backward_layers: the probe terms' gradient reaches only the body's last this many
-            layers (``None``: every layer): the hidden states entering them are detached in the
-            probes' pass, so its backward pass stops there (a cheaper step; the task loss still
-            trains every layer).
-        neutralize_through: what the neutralizing term trains: ``"model"`` (every trainable
-            weight) or ``"readout"`` (only a zero-started shift of the gendered words' logits,
-            one per word pair and the same for both of its sides, a linear function of H_x:
-            :class:`crawd.counterfactual.GenderedReadout`, which the task loss trains too). The
-            readout changes how likely a gendered word is, never which gender.
-        equalize_through: what the equalizing term of ``equalize_positions="open"`` trains:
-            ``"model"`` (every trainable weight) or ``"readout"`` (only a zero-started gate of the
-            readout, g = H_x . gate, that moves each gendered pair a share g of the way to an even
-            split of its probability: it changes which gender, not how likely a gendered word is;
-            the task loss trains it too; the probes then need no backward pass).
-        readout_where: where the readout acts: ``"all"`` (every position) or ``"open"`` (only
-            where no gendered word or first name has come yet in the text: once the text gave a
-            gender, gendered words are predicted as without the readout).
+        gender_cue_layer: the readout acts until the text has given a gender, as a linear probe of each
+            token's state entering this body layer says (:class:`crawd.mitigation.cues.GenderCues`);
+            ``None``: the layer at a third of the depth.
+        gender_cue_refit_steps: fit that probe again every this many steps while LoRA moves (0: once,
+            before training).
         erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden
             states and apply it to H_x before the block and head (:mod:`crawd.erasure`).
         erase_column: the training data's column holding the sensitive attribute.
@@ -132,16 +116,12 @@ class CrawdConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.1
     lora_target_modules: tuple[str, ...] | None = None
-    counterfactual: float = 0.0
     equalize: float = 0.0
-    equalize_positions: str = "neutral"
+    even_open: bool = False
     neutralize: float = 0.0
-    probe_subject: str = "name"
     probe_share: float = 1.0
-    probe_backward_layers: int | None = None
-    neutralize_through: str = "model"
-    equalize_through: str = "model"
-    readout_where: str = "all"
+    gender_cue_layer: int | None = None
+    gender_cue_refit_steps: int = 20
     erase: bool = False
     erase_column: str = "gender"
     erase_refit_steps: int = 50
@@ -166,36 +146,25 @@ class CrawdConfig:
         if isinstance(self.probe_share, bool) or not isinstance(self.probe_share, (int, float)) \
                 or not 0 < self.probe_share <= 1:
             raise ValueError(f"probe_share must be in (0, 1], got {self.probe_share!r}")
-        if self.probe_backward_layers is not None and (isinstance(self.probe_backward_layers, bool) or not isinstance(
-                self.probe_backward_layers, int) or self.probe_backward_layers < 1):
-            raise ValueError(f"probe_backward_layers must be a whole number >= 1 or None, got "
-                             f"{self.probe_backward_layers!r}")
+        if self.gender_cue_layer is not None and (isinstance(self.gender_cue_layer, bool) or not isinstance(
+                self.gender_cue_layer, int) or self.gender_cue_layer < 1):
+            raise ValueError(f"gender_cue_layer must be a whole number >= 1 or None, got {self.gender_cue_layer!r}")
         _check_range("decay", self.decay, 0.0, 1.0)
         _check_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
         _check_range("lora_dropout", self.lora_dropout, 0.0, 1.0, high_open=True)
         _check_choice("head", self.head, HEADS)
         _check_choice("topk_scope", self.topk_scope, SCOPES)
         _check_choice("mode", self.mode, MODES)
-        _check_choice("equalize_positions", self.equalize_positions, EQUALIZE_POSITIONS)
-        _check_choice("probe_subject", self.probe_subject, PROBE_SUBJECTS)
-        for name in ("counterfactual", "equalize", "neutralize"):
+        if not isinstance(self.even_open, bool):
+            raise ValueError(f"even_open must be true or false, got {self.even_open!r}")
+        for name in ("equalize", "neutralize"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0:
                 raise ValueError(f"{name} must be a weight >= 0, got {value!r}")
-        _check_choice("neutralize_through", self.neutralize_through, TERM_THROUGH)
-        _check_choice("equalize_through", self.equalize_through, TERM_THROUGH)
-        _check_choice("readout_where", self.readout_where, READOUT_WHERE)
-        if self.readout_where != "all" and not self.has_readout:
-            raise ValueError(f"readout_where={self.readout_where!r} places the readout of neutralize_through='readout'"
-                             " or equalize_through='readout': set one of them")
-        if self.neutralize_through == "readout" and self.neutralize == 0:
-            raise ValueError("neutralize_through='readout' trains the readout with the neutralizing term: set "
-                             "neutralize > 0")
-        if self.equalize_through == "readout" and (self.equalize == 0 or self.equalize_positions != "open"):
-            raise ValueError("equalize_through='readout' trains the readout with the equalizing term where the gender "
-                             "is open: set equalize > 0 and equalize_positions='open'")
-        if not isinstance(self.erase_refit_steps, int) or self.erase_refit_steps < 0:
-            raise ValueError(f"erase_refit_steps must be an integer >= 0, got {self.erase_refit_steps!r}")
+        for name in ("erase_refit_steps", "gender_cue_refit_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
         for name in ("num_heads", "lora_r", "lora_alpha", "erase_fit_rows"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -204,9 +173,15 @@ class CrawdConfig:
             raise ValueError(f"ffn_dim must be a positive integer or None, got {self.ffn_dim!r}")
 
     @property
+    def mitigates(self) -> bool:
+        """Whether a part of :mod:`crawd.mitigation` is asked for (equalizing, evening or neutralizing)."""
+        return self.equalize > 0 or self.even_open or self.neutralize > 0
+
+    @property
     def has_readout(self) -> bool:
-        """Whether a term trains the gendered words' readout (:class:`crawd.counterfactual.GenderedReadout`)."""
-        return self.neutralize_through == "readout" or self.equalize_through == "readout"
+        """Whether the gendered words' readout is asked for (:class:`crawd.mitigation.readout.GenderedReadout`):
+        evening, or the neutralizing term that trains its shift."""
+        return self.even_open or self.neutralize > 0
 
     @property
     def words(self) -> tuple[str, ...]:
@@ -234,7 +209,17 @@ class CrawdConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CrawdConfig":
+        """The settings of :meth:`to_dict`. A removed option (:data:`REMOVED`) at the value under which it did
+        nothing is dropped; at another value it is an error naming it (the model needs the code it had)."""
         names = {f.name for f in dataclasses.fields(cls)}
+        used = sorted(k for k in set(data) & set(REMOVED) if data[k] != REMOVED[k])
+        if data.get("equalize_positions", "all") != "all" and data.get("equalize"):  # "all": what equalize does now
+            used.append("equalize_positions")
+        if used:
+            raise ValueError(f"option(s) {', '.join(f'{k}={data[k]!r}' for k in used)} were removed from crawd with the "
+                             f"mitigation round they belonged to (docs/results.md; the code is at commit "
+                             f"{LAST_COMMIT_WITH_REMOVED}): retrain without them, or use that commit")
+        data = {k: v for k, v in data.items() if k not in REMOVED and k != "equalize_positions"}
         unknown = sorted(set(data) - names)
         if unknown:
             raise ValueError(f"unknown CrawdConfig key(s): {', '.join(unknown)}")

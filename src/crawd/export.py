@@ -45,7 +45,8 @@ MERGE_REFUSALS: dict[str, str] = {
 
 #: weights that act at run time beside LoRA (saved under these prefixes), which other tools cannot hold
 RUN_TIME_PIECES = {"eraser": "a concept eraser (erase)",
-                   "readout": "a gendered-word readout (neutralize_through or equalize_through 'readout')"}
+                   "mitigation": "a gendered-word readout and its gender cues (neutralize, or equalize "
+                                 "where the gender is open)"}
 
 
 def export(adapter: str | os.PathLike, out: str | os.PathLike, merge: bool = False, base: str | None = None,

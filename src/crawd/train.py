@@ -9,13 +9,13 @@ What crawd adds to the stock Trainer:
 - a run resumes automatically from the newest complete checkpoint in its folder;
 - a NaN or infinite loss stops the run with the step named; earlier checkpoints stay;
 - the loss is normalised by the number of targets over all processes and accumulation
-  steps, so ``accelerate launch`` on N processes trains the same model as one process
-  with the same global batch (up to float rounding);
+  steps, and the mitigation's probe terms by the number of probe rows over them, so
+  ``accelerate launch`` on N processes trains the same model as one process with the same
+  global batch (up to float rounding);
 - an unwritable output folder, or one on a disk too full for the checkpoints, is an
   error before training starts;
-- the gendered-word readout's gradient (:class:`crawd.counterfactual.GenderedReadout`) is
-  clipped apart from the rest of the model's, so that its large early gradients do not scale
-  the body's steps down (``docs/results.md``, "Seventh round").
+- the mitigation's gender cues are fitted before training and at their refit steps
+  (:class:`crawd.mitigation.cues.CueCallback`), as the eraser is.
 
 Per-step costs left out (measured in docs/performance.md): the checkpoints' torch files
 are written without a CRC32 of their contents (computing it took 90% of the time of
@@ -37,7 +37,6 @@ from typing import Any
 
 import torch
 import torch.utils.serialization
-from accelerate.utils import DistributedType
 from datasets import Dataset, DatasetDict
 from transformers import PreTrainedTokenizerBase, Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
@@ -46,6 +45,7 @@ from crawd.adapted import AdaptedModel
 from crawd.config import CrawdConfig
 from crawd.erasure import EraserCallback
 from crawd.lm_examples import lm_examples
+from crawd.mitigation.cues import FIT_ROWS
 from crawd.storage import read_adapter, save_adapter, write_json
 
 STAGING = ".staging"
@@ -141,33 +141,36 @@ class CrawdTrainer(Trainer):
 
     def compute_loss(self, model: torch.nn.Module, inputs: dict, return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Any:
-        """The model's mean loss, reweighted to (sum over this batch) / (targets in the global batch).
+        """The model's mean task loss reweighted to (sum over this batch) / (targets in the global batch), plus
+        the mitigation's probe term (``outputs.terms``, a sum over this batch's probes per row it was expected
+        to have) over the batches of one step.
 
-        The stock Trainer multiplies by the number of processes (DDP averages the
-        gradients) and does not divide by the accumulation steps, because it expects
-        a model that sums its loss and divides by ``num_items_in_batch``; crawd's
-        models return a mean, so it is rescaled here by local / global target counts.
+        The stock Trainer multiplies the loss by the number of processes (DDP averages the gradients) and
+        does not divide by the accumulation steps, because it expects a model that sums its loss and divides
+        by ``num_items_in_batch``; crawd's models return a mean, so the task part is rescaled here by local /
+        global target counts (times the stock factor, :meth:`_stock_loss_scale`), and the term, normalised by
+        its batch's rows, which split evenly over processes and accumulation steps, is divided by the
+        accumulation steps: after DDP's mean, both are what one process computes on the whole global batch. (The stock ``compute_loss``
+        multiplies the model's loss in place, so the model is called here directly.)
         """
-        loss, outputs = super().compute_loss(model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch)
-        labels = inputs.get("labels")
-        if self.model_accepts_loss_kwargs and num_items_in_batch is not None and labels is not None:
+        counted = self.model_accepts_loss_kwargs and num_items_in_batch is not None
+        outputs = model(**inputs, **({"num_items_in_batch": num_items_in_batch} if counted else {}))
+        loss, terms, labels = outputs.loss, getattr(outputs, "terms", None), inputs.get("labels")
+        if counted and labels is not None:
+            task = loss if terms is None else loss - terms
             targets = labels[..., 1:] if self._loss_shifts_labels else labels
-            loss = loss * targets.ne(-100).sum().to(loss.device) / num_items_in_batch
+            loss = self._stock_loss_scale() * task * targets.ne(-100).sum().to(task.device) / num_items_in_batch
+            if terms is not None:
+                loss = loss + terms / self.current_gradient_accumulation_steps
         return (loss, outputs) if return_outputs else loss
 
-    def _clip_grad_norm(self, model: torch.nn.Module) -> torch.Tensor:
-        """The stock clip, with the gendered-word readout (if any) clipped to ``max_grad_norm`` on its own;
-        returns the rest's norm before clipping. The readout's gradient is h times a term's derivative,
-        early in training 5 to 15 times the rest's norm: clipped together, it would shrink the body's
-        steps by as much. Under FSDP and DeepSpeed the engine clips the whole model at once."""
-        readout = getattr(self.accelerator.unwrap_model(model), "readout", None)
-        if readout is None or self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            return super()._clip_grad_norm(model)
-        own = {id(p) for p in readout.parameters()}
-        norm = self.accelerator.clip_grad_norm_([p for p in model.parameters() if id(p) not in own],
-                                                self.args.max_grad_norm)  # unscales every gradient (fp16)
-        torch.nn.utils.clip_grad_norm_(readout.parameters(), self.args.max_grad_norm)
-        return norm
+    def _stock_loss_scale(self) -> int:
+        """The factor the stock ``compute_loss`` multiplies a ``num_items_in_batch``-normalised loss by (the
+        processes that see their own batches)."""
+        if not self.args.average_tokens_across_devices:
+            return 1
+        scale = self.accelerator.num_processes // self.get_tp_size()
+        return scale if self.args.n_gpu <= 1 else self.args.n_gpu
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if self.args.should_save:
@@ -354,18 +357,13 @@ def train(
         tokenized = tokenize(train_set, tokenizer, model.task, settings.seq_len, sensitive)
     write_json(out_dir / RUN_FILE, identity)
     collator = Collator(tokenizer, model.task)
-    rows_per_example = 1
-    objective = getattr(model, "objective", None)
-    if objective is not None:
-        collator = objective.collator(collator, tokenizer)
-        if objective.needs_twins:  # twins ride in the batch: batch_size counts both
-            if settings.batch_size < 2:
-                raise ValueError("batch_size must be at least 2 with counterfactual twins (each row brings its twin)")
-            rows_per_example = 2
+    mitigation = getattr(model, "mitigation", None)
+    if mitigation is not None:
+        collator = mitigation.collator(collator, tokenizer)
     args = TrainingArguments(
         output_dir=str(out_dir),
         max_steps=settings.max_steps,
-        per_device_train_batch_size=settings.batch_size // rows_per_example,
+        per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         learning_rate=settings.learning_rate,
         weight_decay=settings.weight_decay,
@@ -392,6 +390,10 @@ def train(
         batches = [plain([dict(r) for r in rows.select(range(i, min(i + settings.batch_size, len(rows))))])
                    for i in range(0, len(rows), settings.batch_size)]
         callbacks.append(EraserCallback(model, batches, model.config.erase_refit_steps))
+    if mitigation is not None and mitigation.cues is not None:
+        rows = tokenized.shuffle(seed=settings.seed)
+        rows = rows.select(range(min(len(rows), FIT_ROWS)))["input_ids"]
+        callbacks.append(mitigation.cue_callback(model, tokenizer, rows))
     trainer = CrawdTrainer(model=model, args=args, train_dataset=tokenized, data_collator=collator,
                            callbacks=callbacks)
     resume = get_last_checkpoint(str(out_dir))

@@ -24,8 +24,9 @@ from datasets import DatasetDict
 from crawd.data.common import build_dataset, data_file, resolve_data_dir
 from crawd.data.names import FEMALE_NAMES, MALE_NAMES
 
-__all__ = ["DEFAULT_FEMALE_SHARE", "OCCUPATIONS", "TSV_NAMES", "TSV_SYNONYMS", "article", "female_share",
-           "occupation_stats", "sharpen", "synthetic_bios", "unseen_occupations", "written_words"]
+__all__ = ["CITIES", "DEFAULT_FEMALE_SHARE", "OCCUPATIONS", "OCCUPATION_TITLES", "SURNAMES", "TSV_NAMES",
+           "TSV_SYNONYMS", "article", "female_share", "occupation_stats", "sharpen", "synthetic_bios",
+           "unseen_occupations", "written_words"]
 
 # fmt: off
 OCCUPATIONS: list[str] = [
@@ -36,6 +37,8 @@ OCCUPATIONS: list[str] = [
 ]
 # fmt: on
 """The 28 Bias in Bios occupations, in the label order of LabHC/bias_in_bios (``profession`` 0..27)."""
+OCCUPATION_TITLES: list[str] = ["DJ" if o == "dj" else o.replace("_", " ") for o in OCCUPATIONS]
+"""The occupations as the bios write them ("software engineer", "DJ")."""
 
 # Share of women per occupation, built in so the loader works without the data
 # folder. APPROXIMATE. Values marked "tsv" are the BLS 2015 figures of
@@ -103,12 +106,12 @@ physicians and surgeons, accountants and auditors, dietitians and nutritionists)
 _OCCUPATIONS_TSV = Path("occupations") / "occupations-stats.tsv"
 
 # fmt: off
-_SURNAMES = [
+SURNAMES = [
     "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez", "Lee",
     "Walker", "Hall", "Young", "King", "Wright", "Lopez", "Hill", "Scott", "Green", "Adams", "Baker", "Nelson",
     "Carter", "Mitchell", "Chen", "Patel", "Kim", "Nguyen", "Cohen",
 ]
-_CITIES = [
+CITIES = [
     "Chicago", "Boston", "Seattle", "Denver", "Austin", "Atlanta", "Portland", "San Diego", "Toronto", "London",
     "Dublin", "Melbourne", "Minneapolis", "Philadelphia", "Nashville", "Vancouver",
 ]
@@ -224,7 +227,7 @@ def occupation_stats(data_dir: str | Path | None) -> dict[str, float]:
 def written_words() -> frozenset[str]:
     """Every word (lower case) the synthetic bios can write: template words, pronouns, names, surnames,
     cities, schools, occupation titles, focus phrases and qualities."""
-    material = [*_TEMPLATES, *_SURNAMES, *_CITIES, *_SCHOOLS, *_QUALITIES, *FEMALE_NAMES, *MALE_NAMES,
+    material = [*_TEMPLATES, *SURNAMES, *CITIES, *_SCHOOLS, *_QUALITIES, *FEMALE_NAMES, *MALE_NAMES,
                 *(o.replace("_", " ") for o in OCCUPATIONS), *(f for pair in _FOCUS.values() for f in pair),
                 *(p for pronouns in _PRONOUNS.values() for p in pronouns.values())]
     return frozenset(w.lower() for text in material for w in re.findall(r"[A-Za-z]+", re.sub(r"\{\w+\}", " ", text)))
@@ -339,13 +342,13 @@ def synthetic_bios(
 
 def _bio(rng: random.Random, occupation: str, gender: str, hide_title: bool = False) -> str:
     """Write one biography of a person of ``gender`` working as ``occupation``."""
-    occ = "professional" if hide_title else "DJ" if occupation == "dj" else occupation.replace("_", " ")
+    occ = "professional" if hide_title else OCCUPATION_TITLES[OCCUPATIONS.index(occupation)]
     first = rng.choice(FEMALE_NAMES if gender == "female" else MALE_NAMES)
     return rng.choice(_TEMPLATES).format(
-        name=f"{first} {rng.choice(_SURNAMES)}",
+        name=f"{first} {rng.choice(SURNAMES)}",
         a=article(occ),
         occ=occ,
-        city=rng.choice(_CITIES),
+        city=rng.choice(CITIES),
         school=rng.choice(_SCHOOLS),
         focus=rng.choice(_FOCUS[occupation]),
         quality=rng.choice(_QUALITIES),

@@ -13,6 +13,7 @@ Either start gives exactly the base model's logits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -124,18 +125,21 @@ class CrawdModel(AdaptedModel):
         gradients on), it comes from the same backbone call as H_x (:meth:`encode_with_reference`).
 
         That shared call returns no KV cache (``cache`` is None); generation, calls with
-        backbone options (``kwargs``) and training with debiasing terms (which add their own rows)
-        take the two-call path."""
+        backbone options (``kwargs``) and training with the mitigation's terms (which add their own
+        rows) take the two-call path."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         kwargs.pop("num_items_in_batch", None)  # passed by the Trainer
-        debiasing = self.objective is not None and self.training and labels is not None
-        joint = (None if kwargs or debiasing or self._cacheable()
-                 else self.encode_with_reference(input_ids, attention_mask))
+        mitigating = self.mitigation is not None and self.training and labels is not None
+        if kwargs or mitigating or self._cacheable():
+            return super().forward(input_ids, attention_mask, labels, **kwargs)
+        with contextlib.nullcontext(None) if self.mitigation is None else self.mitigation.capturing() as captured:
+            joint = self.encode_with_reference(input_ids, attention_mask)
         if joint is None:
             return super().forward(input_ids, attention_mask, labels, **kwargs)
         hidden, h_b = joint
-        logits = self.head(hidden, attention_mask, open_positions=self.open_positions(input_ids), reference=h_b)
+        states = None if captured is None else captured.states  # b's columns, if any, are cut by the readout
+        logits = self.head(hidden, attention_mask, cue_states=states, reference=h_b)
         return self.output(self.task_loss(logits, labels), logits, BaseModelOutputWithPast(last_hidden_state=hidden))
 
     def encode_with_reference(self, input_ids: torch.Tensor,

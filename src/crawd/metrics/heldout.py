@@ -3,7 +3,7 @@ the mitigation reads holds.
 
 The ``neutral`` preset trains on the synthetic bios (:mod:`crawd.data.bios`, their first names in
 :mod:`crawd.data.names`) with the gender lexicon (:mod:`crawd.mitigation.lexicon`: word swaps, first names,
-gender-neutral names, the shipped word lists); GAS, pronoun skew and perplexity on the bios read the same
+the shipped word lists; the calibration sentences of :mod:`crawd.mitigation.calibration`); GAS, pronoun skew and perplexity on the bios read the same
 words. The held-out benchmarks (``misgendering``, ``pronoun_skew_heldout``, ``gas_heldout``,
 ``ppl_heldout_names``) read these instead; ``tests/test_heldout_metrics.py`` checks that they are disjoint.
 
@@ -29,11 +29,11 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from pathlib import Path
 
-from crawd.counterfactual import PRONOUN_PAIRS
 from crawd.data.bios import occupation_stats, unseen_occupations
 from crawd.data.bold_corpus import EVALUATION_SHARES, SHARES, candidate_names, mentions, share_of
 from crawd.data.names import FEMALE_NAMES, MALE_NAMES
-from crawd.mitigation.lexicon import NEUTRAL_NAMES, gender_lexicon, listed_pairs
+from crawd.mitigation.lexicon import gender_lexicon, listed_pairs
+from crawd.mitigation.objective import PRONOUN_PAIRS
 from crawd.sensitive import GENDERED_WORDS
 
 __all__ = ["EXTENDED_FEMALE_WORDS", "EXTENDED_MALE_WORDS", "EXTENDED_WORDS", "HELDOUT_TEMPLATES", "SPLITS",
@@ -85,11 +85,11 @@ def check_split(split: str, allowed: Iterable[str] = SPLITS) -> None:
 def mitigation_words() -> frozenset[str]:
     """Every word and name the mitigation reads, lower case: the lexicon's swaps and first names, the words
     of its shipped pairs (:func:`crawd.mitigation.lexicon.listed_pairs`, multi-word entries split), its
-    gender-neutral names, the pronouns its rule swaps, the bios' names and GAS's 28 words."""
+    the pronouns its rule swaps, the bios' names and GAS's 28 words."""
     swaps, names = gender_lexicon()
     listed = (w for pair in listed_pairs() for entry in pair for w in re.split(r"[_\s]+", entry))
     pronouns = (w for pair in PRONOUN_PAIRS for w in pair)
-    words = [*swaps, *names, *listed, *pronouns, *NEUTRAL_NAMES, *FEMALE_NAMES, *MALE_NAMES, *GENDERED_WORDS]
+    words = [*swaps, *names, *listed, *pronouns, *FEMALE_NAMES, *MALE_NAMES, *GENDERED_WORDS]
     return frozenset(w.lower() for w in words if w)
 
 

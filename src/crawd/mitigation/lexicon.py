@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import re
-import zlib
+from collections.abc import Iterator
 from functools import lru_cache
 from importlib.resources import files
 
@@ -35,10 +35,10 @@ WORDLISTS = files("crawd.mitigation") / "wordlists"
 
 
 def listed_pairs() -> list[tuple[str, str]]:
-    """Gendered word pairs of the shipped word lists, in priority order: Bolukbasi et al.'s definitional
-    pairs, gn_glove's aligned lists, Bolukbasi et al.'s equalize pairs."""
+    """(male, female) word pairs of the shipped word lists, in priority order: Bolukbasi et al.'s definitional
+    pairs (written female first), gn_glove's aligned lists, Bolukbasi et al.'s equalize pairs."""
     bolukbasi, gn_glove = WORDLISTS / "bolukbasi", WORDLISTS / "gn_glove"
-    pairs = [tuple(p) for p in json.loads((bolukbasi / "definitional_pairs.json").read_text())]
+    pairs = [(m, f) for f, m in json.loads((bolukbasi / "definitional_pairs.json").read_text())]
     male = (gn_glove / "male_word_file.txt").read_text().splitlines()
     female = (gn_glove / "female_word_file.txt").read_text().splitlines()
     pairs += [(m.strip(), f.strip()) for m, f in zip(male, female) if m.strip() and f.strip()]
@@ -53,7 +53,7 @@ _LISTED_NAMES = frozenset({"Mary", "John"})
 
 @lru_cache(maxsize=8)
 def gender_lexicon(extra: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, str], dict[str, str]]:
-    """(word swaps in lower case, first-name swaps in exact case).
+    """(word swaps in lower case, first-name swaps in exact case); :func:`word_genders` says which side is which.
 
     Priority when a word occurs in several pairs: the core pairs above, then ``extra``,
     then the shipped lists (:func:`listed_pairs`); a word already taken keeps its first
@@ -62,8 +62,21 @@ def gender_lexicon(extra: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, s
     the table. Names: the synthetic bios' first-name lists (:mod:`crawd.data.names`, female
     and male lists paired by position) first, then Mary / John where both are still free.
     """
+    swaps, names, _ = _lexicon(extra)
+    return swaps, names
+
+
+@lru_cache(maxsize=8)
+def word_genders(extra: tuple[tuple[str, str], ...] = ()) -> dict[str, str]:
+    """``"female"`` or ``"male"`` for every word of :func:`gender_lexicon` (lower case), the four context
+    pronouns and every first name (exact case). ``extra`` pairs are (male, female), as the core pairs."""
+    return _lexicon(extra)[2]
+
+
+def _lexicon(extra: tuple[tuple[str, str], ...]) -> tuple[dict[str, str], dict[str, str], dict[str, str]]:
     swaps: dict[str, str] = {}
     names: dict[str, str] = {}
+    genders = {"her": "female", "hers": "female", "his": "male", "him": "male"}
     for male, female in name_pairs():
         names[male], names[female] = female, male
     for a, b in list(_CORE_PAIRS) + list(extra) + listed_pairs():
@@ -77,7 +90,13 @@ def gender_lexicon(extra: tuple[tuple[str, str], ...] = ()) -> tuple[dict[str, s
         if a == b or a in _PRONOUNS or b in _PRONOUNS or a in swaps or b in swaps:
             continue
         swaps[a], swaps[b] = b, a
-    return swaps, names
+        genders[a], genders[b] = "male", "female"
+    for male, female in name_pairs():
+        genders[male], genders[female] = "male", "female"
+    for a, b in listed_pairs():
+        if a in names and b in names:
+            genders[a], genders[b] = "male", "female"
+    return swaps, names, genders
 
 
 def _match_case(word: str, template: str) -> str:
@@ -113,43 +132,29 @@ def swap_text(text: str, swaps: dict[str, str], names: dict[str, str]) -> str:
     return _WORD.sub(lambda match: _swapped(text, match, swaps, names), text)
 
 
+def gendered_spans(text: str, swaps: dict[str, str], names: dict[str, str]) -> Iterator[re.Match]:
+    """The words of ``text`` that :func:`swap_text` would change (gendered words and listed first names), in order."""
+    return (match for match in _WORD.finditer(text) if _swapped(text, match, swaps, names) != match.group(0))
+
+
 def first_gendered(text: str, swaps: dict[str, str], names: dict[str, str]) -> int | None:
     """Character offset of the first word :func:`swap_text` would change, else None."""
-    for match in _WORD.finditer(text):
-        if _swapped(text, match, swaps, names) != match.group(0):
-            return match.start()
-    return None
-
-
-#: Gender-neutral first names (:func:`neutral_names`).
-NEUTRAL_NAMES = ("Alex", "Sam", "Jordan", "Taylor", "Casey", "Morgan", "Riley", "Jamie", "Avery", "Quinn",
-                 "Robin", "Charlie", "Drew", "Jesse", "Cameron", "Skyler")
-
-
-def neutral_names(text: str, names: dict[str, str]) -> str:
-    """``text`` with every listed first name replaced by a gender-neutral one (the same one for a
-    name and for its counterpart)."""
-    def replace(match: re.Match) -> str:
-        word = match.group(0)
-        if word not in names:
-            return word
-        return NEUTRAL_NAMES[zlib.crc32(min(word, names[word]).encode()) % len(NEUTRAL_NAMES)]
-
-    return _WORD.sub(replace, text)
+    return next((match.start() for match in gendered_spans(text, swaps, names)), None)
 
 
 _SURNAME = re.compile(r"\s+[A-Z][a-z]+(?:-[A-Z][a-z]+)*\b")
 
 
-def unnamed(text: str, names: dict[str, str]) -> str:
+def unnamed(text: str, names: dict[str, str], subject: str = "the person") -> str:
     """``text`` with every listed first name, and the capitalised surname right after it, replaced
-    by "the person" ("The person" at a sentence start)."""
+    by ``subject`` (capitalised at a sentence start)."""
     out, last = [], 0
     for match in _WORD.finditer(text):
         if match.start() < last or match.group(0) not in names:
             continue
         surname = _SURNAME.match(text, match.end())
-        out += [text[last:match.start()], "The person" if _sentence_start(text, match.start()) else "the person"]
+        out += [text[last:match.start()], subject[:1].upper() + subject[1:] if _sentence_start(text, match.start())
+                else subject]
         last = surname.end() if surname else match.end()
     return "".join(out) + text[last:]
 
