@@ -187,6 +187,8 @@ def check_transformable(method: str, dataset: Any) -> None:
 #: What the demo scores: the paper's GAS, perplexity, the pronoun skew, and two measures that no list or training
 #: text of the mitigation holds (crawd.metrics.heldout): the skew after held-out prompts, and misgendering.
 DEMO_BENCHMARKS = ["gas", "ppl", "pronoun_skew", "pronoun_skew_heldout", "misgendering"]
+#: 100 misgendering contexts per gender (200 in a compare config): the demo's ten minutes.
+DEMO_EVAL_OPTIONS = {"misgendering": {"n_cases": 100}}
 
 
 @command(DemoCommand, "demo")
@@ -194,14 +196,15 @@ def demo(s: DemoCommand) -> None:
     """The main job, offline: biased synthetic bios, SmolLM2-135M, base vs vanilla vs CrAWD (paper) vs the two presets."""
     start = time.perf_counter()
     data = synthetic_bios(n_train=s.n_train, n_test=280, seed=s.seed, data_dir=s.data_dir)
-    settings = TrainSettings(max_steps=s.max_steps, batch_size=8, learning_rate=2e-4, seq_len=48, save_steps=20,
+    settings = TrainSettings(max_steps=s.max_steps, batch_size=8, learning_rate=2e-4, seq_len=48, save_steps=30,
                              logging_steps=10)
     runs = [experiment.RunSpec("base", s.seed), experiment.RunSpec("vanilla", s.seed),
             experiment.RunSpec("crawd", s.seed),
             experiment.RunSpec("crawd", s.seed, PRESETS["neutral"]["lm"], label="crawd-neutral"),
             experiment.RunSpec("crawd", s.seed, PRESETS["debias"]["lm"], label="crawd-debias")]
     results = experiment.run_experiment("smollm2-135m", "lm", data, runs, s.out, CrawdConfig(), settings,
-                                        DEMO_BENCHMARKS, data_dir=s.data_dir, console=console, jobs=s.jobs)
+                                        DEMO_BENCHMARKS, data_dir=s.data_dir, eval_options=DEMO_EVAL_OPTIONS,
+                                        console=console, jobs=s.jobs)
     results["wall_seconds"] = time.perf_counter() - start
     notes = (f"Model: SmolLM2-135M-Instruct (embedded). Data: {s.n_train} synthetic bios, training share of women per "
              f"occupation from real statistics; test split gender-balanced. Budget: {s.max_steps} LoRA steps, batch "
