@@ -63,9 +63,11 @@ def test_lora_is_on_for_decoders_and_off_for_encoders(tokenizer):
 
 
 def test_existing_peft_model_is_used_as_given(tokenizer):
-    from peft import LoraConfig, get_peft_model
+    from peft import LoraConfig
 
-    peft_model = get_peft_model(tiny_model("llama"), LoraConfig(r=2, target_modules=["v_proj"]))
+    from crawd.adapted import with_lora  # get_peft_model without peft's FutureWarning
+
+    peft_model = with_lora(tiny_model("llama"), LoraConfig(r=2, target_modules=["v_proj"]))
     model = crawd.wrap(peft_model, tokenizer)
     assert model.base is peft_model and model.lora_config["r"] == 2
 

@@ -7,6 +7,7 @@ cached generation loop and adapter-only saving, so a comparison differs in the m
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
@@ -31,6 +32,14 @@ from crawd.storage import save_adapter
 #: LoRA settings kept in a saved adapter (enough to rebuild the same adapter on load).
 LORA_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "bias", "use_rslora", "use_dora",
              "layers_to_transform", "fan_in_fan_out")
+
+
+def with_lora(base: PreTrainedModel, lora: LoraConfig) -> PeftModel:
+    """``get_peft_model``, without the FutureWarning that peft's own call of transformers' renamed
+    ``is_gradient_checkpointing`` prints (peft's to fix; it would print once per trained row)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        return get_peft_model(base, lora)
 
 
 def task_of(model: nn.Module) -> str:
@@ -69,7 +78,7 @@ class AdaptedModel(nn.Module):
         self.is_encoder = hf.config.model_type in ENCODER_MODEL_TYPES  # classifiers pool the first token
         use_lora = self.config.lora if self.config.lora is not None else not self.is_encoder
         if use_lora and not isinstance(base, PeftModel):
-            base = get_peft_model(base, LoraConfig(
+            base = with_lora(base, LoraConfig(
                 r=self.config.lora_r, lora_alpha=self.config.lora_alpha, lora_dropout=self.config.lora_dropout,
                 target_modules=list(self.config.lora_target_modules) if self.config.lora_target_modules else None,
             ))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from peft import LoraConfig, PeftModel, get_peft_model
+from peft import LoraConfig, PeftModel
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from crawd.adapted import AdaptedModel
+from crawd.adapted import AdaptedModel, with_lora
 from crawd.config import CrawdConfig
 from crawd.methods import get_method
 from crawd.models import load_model
@@ -23,7 +23,7 @@ def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: s
     check_base(meta, base, directory)
     config = CrawdConfig.from_dict(meta["crawd"])
     if meta["lora"] is not None and not isinstance(base, PeftModel):
-        base = get_peft_model(base, LoraConfig(**meta["lora"]))
+        base = with_lora(base, LoraConfig(**meta["lora"]))
     config.lora = meta["lora"] is not None
     build = get_method(meta["method"]).build
     if build is None:
