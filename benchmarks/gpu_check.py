@@ -17,11 +17,12 @@ recorded and the next one runs):
    without build isolation; on an offline machine the dependencies that do not import are
    installed from ``--wheels DIR`` (pure-Python wheels, ``--no-index --no-deps``), else
    ``pip install`` is tried for them. torch itself is never installed.
-3. ``bench``: ``crawd bench --random-config llama-1b --heads residual,concat,self --batch 8
+3. ``bench``: ``crawd bench --random-config llama-1b --heads residual,concat,self,debias --batch 8
    --seq-len 512`` (bf16, memory phase included) -> ``bench.json``.
 4. ``train``: ``crawd train`` on a SmolLM2-shaped model with random weights (saved once to a
    work folder), ``--bf16``, 100 steps of 8 x 48 synthetic bios, for vanilla, crawd concat,
-   crawd residual and mode=self, plus vanilla without mid-run checkpoints; steps/s from
+   crawd residual, mode=self and the two presets (the neutral one's probes and cue refits
+   included), plus vanilla without mid-run checkpoints; steps/s from
    each run's ``train_summary.json`` (the Trainer's loop, checkpoints included).
 5. ``crows``: ``crawd eval --benchmarks crows_pairs`` (all 1,508 pairs) on that model and on
    the concat adapter of step 4; seconds from each run's record. Needs ``--data-dir`` (a
@@ -68,9 +69,11 @@ TINY_SHAPE = {**SMOLLM2_SHAPE, "hidden_size": 64, "intermediate_size": 128, "num
               "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512,
               "max_position_embeddings": 1024}
 VARIANTS = {"vanilla": ["--method", "vanilla"], "concat": ["--method", "crawd", "--head", "concat"],
-            "residual": ["--method", "crawd", "--head", "residual"], "self": ["--method", "crawd", "--mode", "self"]}
+            "residual": ["--method", "crawd", "--head", "residual"], "self": ["--method", "crawd", "--mode", "self"],
+            "debias": ["--method", "crawd", "--preset", "debias"], "neutral": ["--method", "crawd", "--preset", "neutral"]}
 #: Targets of issue 13 on an H200 (bench: CrAWD / vanilla step time and peak memory).
-TARGETS = {"residual": 1.10, "concat": 1.15, "self": 1.03, "peak_memory": 1.05, "vanilla_steps_per_s": 20.0,
+TARGETS = {"residual": 1.10, "concat": 1.15, "self": 1.03, "debias": 1.15, "neutral": 1.15, "peak_memory": 1.05,
+           "vanilla_steps_per_s": 20.0,
            "crows_seconds": 10.0}
 #: Imported module -> pip distribution, for the dependencies an offline machine may lack.
 DEPENDENCIES = {"transformers": "transformers", "peft": "peft", "accelerate": "accelerate", "datasets": "datasets",
@@ -172,7 +175,7 @@ def step_bench(check: Check) -> None:
     args = (["--random-config", "tiny", "--device", "cpu", "--batch", "2", "--seq-len", "16", "--threads", "1",
              "--repeats", "2", "--gen-tokens", "4"] if check.smoke else
             ["--random-config", "llama-1b", "--batch", "8", "--seq-len", "512", "--repeats", "10"])
-    code, output, seconds = check.run("bench", check.python("-m", "crawd", "bench", "--heads", "residual,concat,self",
+    code, output, seconds = check.run("bench", check.python("-m", "crawd", "bench", "--heads", "residual,concat,self,debias",
                                                             *args, "--json", out), 420)
     if code != 0 or not out.is_file():
         check.record("bench", status="failed", exit=code, seconds=seconds)

@@ -140,15 +140,18 @@ def _cell(stats: dict[str, float] | None) -> str:
 
 
 def rich_table(results: dict, title: str = "crawd results") -> Table:
+    """One row per metric and one column per method (a metric's interval under its value), so that a dozen
+    metrics stay legible in an 80-column terminal; report.md has the same figures one row per method."""
     summary = summarise(results["runs"])
     names = metric_names(results["runs"])
     table = Table(title=title)
-    table.add_column("method")
+    table.add_column("metric", overflow="fold")
+    for method in summary:
+        table.add_column(method, justify="right", overflow="fold")
     for name in names:
         arrow = {1: " ↑", -1: " ↓"}.get(DIRECTION.get(name, 0), "")
-        table.add_column(name + arrow, justify="right")
-    for method, stats in summary.items():
-        table.add_row(method, *(_cell(stats.get(n)) for n in names))
+        table.add_row(name + arrow, *(_cell(stats.get(name)).replace(" [", "\n[").replace(" ± ", "\n± ")
+                                      for stats in summary.values()))
     return table
 
 
