@@ -21,6 +21,8 @@ from transformers import (
     Qwen2Config,
 )
 
+from crawd.cli import main
+
 torch.set_num_threads(2)
 
 WORDS = (
@@ -117,3 +119,22 @@ def write_csv(path: Path, rows: int = 48) -> Path:
     genders = ["female" if "she" in t or "her" in t else "male" for t in texts]
     pd.DataFrame({"text": texts, "label": labels, "gender": genders}).to_csv(path, index=False)
     return path
+
+
+def run_cli(argv: list[object]) -> int:
+    """``crawd`` with ``argv`` in this process: its exit code."""
+    try:
+        main([str(a) for a in argv])
+    except SystemExit as exit_info:
+        return exit_info.code
+    return 0
+
+
+def compare_config(tmp_path: Path, methods: str, seeds: str = "0, 1", max_steps: int = 1) -> Path:
+    """A `crawd compare` config: the tiny model, a CSV, ppl, ``seeds``, ``max_steps`` of ``methods``."""
+    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
+    config = tmp_path / "tiny.yaml"
+    config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [ppl]\nseeds: [{seeds}]\n"
+                      f"settings: {{max_steps: {max_steps}, batch_size: 4, seq_len: 16, save_steps: 1}}\n"
+                      f"crawd: {{num_heads: 4}}\nmethods: [{methods}]\n")
+    return config

@@ -6,31 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import save_tiny_model, write_csv
-
-from crawd.cli import main
-
-
-def run(argv: list[object]) -> int:
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        return exit_info.code
-    return 0
-
-
-def two_seed_config(tmp_path: Path, method: str) -> Path:
-    """A compare config: the tiny model, ppl, seeds 0 and 1, one step of ``method``."""
-    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [ppl]\nseeds: [0, 1]\n"
-                      "settings: {max_steps: 1, batch_size: 4, seq_len: 16, save_steps: 1}\n"
-                      f"crawd: {{num_heads: 4}}\nmethods: [{method}]\n")
-    return config
+from conftest import compare_config, save_tiny_model, write_csv
+from conftest import run_cli as run
 
 
 def test_seeds_split_across_calls_end_in_one_report(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    config = two_seed_config(tmp_path, "vanilla")
+    config = compare_config(tmp_path, "vanilla")
     out = tmp_path / "out"
     assert run(["compare", "--config", config, "--out", out, "--seeds", "1"]) == 0
     assert sorted(p.name for p in (out / "runs").iterdir()) == ["vanilla-seed1"]
@@ -124,7 +105,7 @@ def test_a_run_from_before_a_config_field_was_added_is_reused(tmp_path: Path, ca
 
 
 def test_untrained_base_is_scored_once_for_all_seeds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    config = two_seed_config(tmp_path, "base")
+    config = compare_config(tmp_path, "base")
     out = tmp_path / "out"
     assert run(["compare", "--config", config, "--out", out]) == 0
     assert "base (seed 1): not trained, so the scores of seed 0 hold; copied" in capsys.readouterr().out

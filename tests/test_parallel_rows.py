@@ -14,30 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import save_tiny_model, write_csv
+from conftest import compare_config as write_config
+from conftest import run_cli as run
 from rich.console import Console
 from safetensors.torch import load_file
 
-from crawd.cli import main
 from crawd.pool import Board, run_tasks
 from crawd.settings import CompareCommand, DemoCommand
-
-
-def run(argv: list[object]) -> int:
-    try:
-        main([str(a) for a in argv])
-    except SystemExit as exit_info:
-        return exit_info.code
-    return 0
-
-
-def write_config(tmp_path: Path, methods: str, seeds: str, max_steps: int) -> Path:
-    model, data = save_tiny_model(tmp_path / "model"), write_csv(tmp_path / "data.csv")
-    config = tmp_path / "tiny.yaml"
-    config.write_text(f"name: tiny\nmodel: {model}\ntask: lm\ndata: {data}\nbenchmarks: [ppl]\nseeds: [{seeds}]\n"
-                      f"settings: {{max_steps: {max_steps}, batch_size: 4, seq_len: 16, save_steps: 1}}\n"
-                      f"crawd: {{num_heads: 4}}\nmethods: [{methods}]\n")
-    return config
 
 
 def timed_compare(config: Path, out: Path, jobs: int) -> float:
