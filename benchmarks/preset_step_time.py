@@ -8,7 +8,8 @@ collator (so the probes and twins a preset adds are in the batch, unlike `crawd 
 One step = forward, backward and an AdamW update (fused, the Trainer's default). The variants take turns,
 one step each per round, so a slower stretch of a shared machine hits them alike; the figure is the median
 per variant. A preset with gender cues fits them once before its first step (timed): training refits them
-every ``gender_cue_refit_steps`` steps, so the last column adds a fit's share to each step.
+every ``gender_cue_refit_steps`` steps, so the last column adds a fit's share to each step. Float32 linear
+layers go through oneDNN as in ``crawd train`` (:mod:`crawd.onednn`; ``CRAWD_CPU_LINEAR=torch``: PyTorch's own).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 from crawd import CrawdConfig, adapt, wrap
 from crawd.data.bios import synthetic_bios
 from crawd.models import load_model
+from crawd.onednn import onednn_linear
 from crawd.train import Collator
 
 
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> None:
             rows = [tokenizer(t, truncation=True, max_length=args.seq_len)["input_ids"] for t in texts]
             fit = model.mitigation.cue_callback(model, tokenizer, rows).fit
             start = clock()
-            fit()
+            with onednn_linear():
+                fit()
             fits[name] = (clock() - start, model.config.gender_cue_refit_steps)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=True)
         variants[name] = (model.train(), collate, optimizer, tokenizer, [])
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
         for name, (model, collate, optimizer, tokenizer, times) in variants.items():
             batch = collate([dict(tokenizer(t, truncation=True, max_length=args.seq_len)) for t in rows])
             start = clock()
-            model(**batch).loss.backward()
+            with onednn_linear():
+                model(**batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if step >= args.warmup:

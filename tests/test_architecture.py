@@ -23,7 +23,7 @@ PACKAGE = Path(crawd.__file__).parent
 #: The layers of docs/architecture.md, lowest first: a module imports from its own layer or lower ones only.
 #: A name ending in ".*" covers a package and everything in it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("settings and data", ("crawd.config", "crawd.sensitive", "crawd.models", "crawd.data.*")),
+    ("settings and data", ("crawd.config", "crawd.sensitive", "crawd.models", "crawd.onednn", "crawd.data.*")),
     ("model pieces", ("crawd.block", "crawd.erasure", "crawd.mitigation.*", "crawd.storage")),
     ("adapted base", ("crawd.adapted",)),
     ("methods", ("crawd.methods.*",)),

@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from crawd.bench.variants import trainable
+from crawd.onednn import onednn_linear
 
 
 def log(verbose: bool, msg: str) -> None:
@@ -55,18 +56,20 @@ class TrainStep:
 
 def interleave(runs: dict[str, Callable[[], float]], repeats: int, warmup: int,
                 verbose: bool = False, label: str = "") -> dict[str, list[float]]:
-    """Warm each run up, then time them in turns (order reversed every other round)."""
-    for name, fn in runs.items():
-        for _ in range(warmup):
-            fn()
+    """Warm each run up, then time them in turns (order reversed every other round); float32 CPU linear
+    layers through oneDNN, as crawd's training and scoring run them (:mod:`crawd.onednn`)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
-    for r in range(repeats):
-        for name in (order if r % 2 == 0 else order[::-1]):
-            times[name].append(runs[name]())
-        unit = " tokens/s" if label == "generate" else " s"
-        log(verbose, f"{label} round {r + 1}/{repeats}: "
-             + ", ".join(f"{k} {v[-1]:.3f}{unit}" for k, v in times.items()))
+    with onednn_linear():
+        for name, fn in runs.items():
+            for _ in range(warmup):
+                fn()
+        for r in range(repeats):
+            for name in (order if r % 2 == 0 else order[::-1]):
+                times[name].append(runs[name]())
+            unit = " tokens/s" if label == "generate" else " s"
+            log(verbose, f"{label} round {r + 1}/{repeats}: "
+                 + ", ".join(f"{k} {v[-1]:.3f}{unit}" for k, v in times.items()))
     return times
 
 

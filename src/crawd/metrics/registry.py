@@ -17,6 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from crawd.onednn import onednn_linear
+
 KINDS = ("decoder", "encoder", "classifier")
 
 
@@ -75,7 +77,8 @@ def run_benchmarks(model, tokenizer, names: Sequence[str] | None = None,
     (e.g. ``crows_pairs={"max_pairs": 100}``) goes to that benchmark only and
     overrides shared options. Returns ``{name: {"status": "ok", "seconds":
     wall_time, "result": {...}}}`` or ``{name: {"status": "skipped",
-    "reason": ...}}`` when the data, an option or the model kind is missing.
+    "reason": ...}}`` when the data, an option or the model kind is missing. Float32 linear layers on an x86
+    CPU run through oneDNN (:mod:`crawd.onednn`).
     """
     if model_kind not in KINDS:
         raise ValueError(f"model_kind must be one of {KINDS}, got {model_kind!r}")
@@ -96,7 +99,8 @@ def run_benchmarks(model, tokenizer, names: Sequence[str] | None = None,
         params = inspect.signature(bench.fn).parameters
         accepted = {k: v for k, v in own.items() if k in params}
         start = time.perf_counter()
-        result = bench.fn(model, tokenizer, root, **accepted)
+        with onednn_linear():
+            result = bench.fn(model, tokenizer, root, **accepted)
         results[name] = {"status": "ok", "seconds": round(time.perf_counter() - start, 3),
                          "result": result}
     return results
