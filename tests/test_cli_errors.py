@@ -95,6 +95,15 @@ def test_train_bad_input(case, assets, out_with_adapter, capsys):
     assert snapshot(out_with_adapter) == before
 
 
+def test_bad_cpu_linear_backend_is_an_error_before_anything_is_written(assets, out_with_adapter, monkeypatch,
+                                                                       capsys):
+    monkeypatch.setenv("CRAWD_CPU_LINEAR", "mkl")
+    before = snapshot(out_with_adapter)
+    code, output = run_cli(train_args(assets, out_with_adapter), capsys)
+    assert_one_error(code, output, "CRAWD_CPU_LINEAR='mkl' is not a CPU linear backend; set it to one of onednn, torch")
+    assert snapshot(out_with_adapter) == before
+
+
 def test_model_folder_with_a_bad_config(assets, out_with_adapter, tmp_path, capsys):
     bad = tmp_path / "bad-model"
     bad.mkdir()

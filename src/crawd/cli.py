@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from transformers import set_seed
 
-from crawd import experiment
+from crawd import experiment, onednn
 from crawd.bench import format_bench, run_bench
 from crawd.config import PRESETS, CrawdConfig
 from crawd.data import describe, load_data, resolve_data_dir, synthetic_bios
@@ -74,6 +74,7 @@ def command(settings: type[Settings], name: str, config_file: bool = True) -> Ca
                                                 "well override it")))
 
         def invoke(**flags: Any) -> None:
+            onednn.backend()  # a bad CRAWD_CPU_LINEAR is an error before anything is read or written
             run(settings.load(flags.pop("config") if config_file else None, flags))
 
         invoke.__signature__ = pyinspect.Signature(params)

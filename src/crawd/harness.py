@@ -15,7 +15,8 @@ The class is lm_eval's :class:`~lm_eval.models.huggingface.HFLM` (tokenisation, 
 every request type) with the forward pass and the generation of the crawd model, so a
 CrAWD block, the in-attention decay and LoRA all take part. Generation runs to the
 end-of-sequence token or ``max_gen_toks``; lm_eval then cuts the text at the task's stop
-strings, as for any model. Needs lm-eval: ``pip install crawd[lm-eval]``.
+strings, as for any model. On an x86 CPU the float32 linear layers run through oneDNN, as in
+``crawd eval`` (:mod:`crawd.onednn`). Needs lm-eval: ``pip install crawd[lm-eval]``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ except ModuleNotFoundError as err:  # the optional extra
 
 from crawd.loading import AutoCrawdModel
 from crawd.models import base_name, load_model
+from crawd.onednn import onednn_linear
 
 __all__ = ["CrawdLM"]
 
@@ -62,13 +64,19 @@ class CrawdLM(HFLM):
 
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
                     labels: torch.Tensor | None = None) -> torch.Tensor:
-        if self.crawd_model is None:
-            return super()._model_call(inps, attn_mask, labels)
-        with torch.no_grad():
-            return self.crawd_model(inps).logits
+        with onednn_linear():
+            if self.crawd_model is None:
+                return super()._model_call(inps, attn_mask, labels)
+            with torch.no_grad():
+                return self.crawd_model(inps).logits
 
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str],
                         **generation_kwargs: Any) -> torch.Tensor:
+        with onednn_linear():
+            return self._generate(context, max_length, stop, **generation_kwargs)
+
+    def _generate(self, context: torch.Tensor, max_length: int, stop: list[str],
+                  **generation_kwargs: Any) -> torch.Tensor:
         if self.crawd_model is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         mask = generation_kwargs.pop("attention_mask", None)

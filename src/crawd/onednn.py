@@ -61,7 +61,7 @@ class _Linear(torch.autograd.Function):
 
 def _routable(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    return (x.dim() >= 2 and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
+    return (x.dim() >= 2 and weight.dim() == 2 and x.numel() > 0 and not torch.is_autocast_enabled("cpu")
             and not torch.compiler.is_compiling()
             and all(type(t) in _PLAIN and t.dtype == torch.float32 and t.device.type == "cpu"
                     and t.layout == torch.strided for t in tensors))
