@@ -49,6 +49,7 @@ def preset_config(variant: str) -> CrawdConfig:
     return CrawdConfig.preset(name, "lm", **fields)
 
 
+@onednn_linear()
 def main(argv: list[str] | None = None) -> None:
     args = parse(argv)
     clock = time.process_time if args.timer == "cpu" else time.perf_counter
@@ -65,8 +66,7 @@ def main(argv: list[str] | None = None) -> None:
             rows = [tokenizer(t, truncation=True, max_length=args.seq_len)["input_ids"] for t in texts]
             fit = model.mitigation.cue_callback(model, tokenizer, rows).fit
             start = clock()
-            with onednn_linear():
-                fit()
+            fit()
             fits[name] = (clock() - start, model.config.gender_cue_refit_steps)
         optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4, fused=True)
         variants[name] = (model.train(), collate, optimizer, tokenizer, [])
@@ -75,8 +75,7 @@ def main(argv: list[str] | None = None) -> None:
         for name, (model, collate, optimizer, tokenizer, times) in variants.items():
             batch = collate([dict(tokenizer(t, truncation=True, max_length=args.seq_len)) for t in rows])
             start = clock()
-            with onednn_linear():
-                model(**batch).loss.backward()
+            model(**batch).loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             if step >= args.warmup:

@@ -62,21 +62,17 @@ class CrawdLM(HFLM):
         self.adapter = adapter
         self.base_name = base or base_name(hf)
 
+    @onednn_linear()
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None,
                     labels: torch.Tensor | None = None) -> torch.Tensor:
-        with onednn_linear():
-            if self.crawd_model is None:
-                return super()._model_call(inps, attn_mask, labels)
-            with torch.no_grad():
-                return self.crawd_model(inps).logits
+        if self.crawd_model is None:
+            return super()._model_call(inps, attn_mask, labels)
+        with torch.no_grad():
+            return self.crawd_model(inps).logits
 
+    @onednn_linear()
     def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str],
                         **generation_kwargs: Any) -> torch.Tensor:
-        with onednn_linear():
-            return self._generate(context, max_length, stop, **generation_kwargs)
-
-    def _generate(self, context: torch.Tensor, max_length: int, stop: list[str],
-                  **generation_kwargs: Any) -> torch.Tensor:
         if self.crawd_model is None:
             return super()._model_generate(context, max_length, stop, **generation_kwargs)
         mask = generation_kwargs.pop("attention_mask", None)
