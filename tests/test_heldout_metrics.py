@@ -131,6 +131,12 @@ def test_names_and_occupations_are_disjoint_from_the_mitigations_lists_and_from_
 
 
 @needs_data
+def test_the_calibrations_words_for_people_are_no_evaluation_occupation_or_name():
+    names = {n.lower() for split in SHARES for group in heldout.heldout_names(DATA, split).values() for n in group}
+    assert not set(PEOPLE) & (set(bios.occupation_stats(DATA)) | names)
+
+
+@needs_data
 def test_the_bold_people_corpus_holds_none_of_the_evaluations_names_or_occupations():
     data = load_data("bold-people", data_dir=str(DATA), n_val=50, seed=1)
     assert set(data) == {"train", "test", "validation"} and len(data["validation"]) == 50

@@ -90,7 +90,7 @@ class CrawdConfig:
             token's state entering this body layer says (:class:`crawd.mitigation.cues.GenderCues`);
             ``None``: the layer at a third of the depth.
         gender_cue_refit_steps: fit that probe again every this many steps while LoRA moves (0: once,
-            before training).
+            before training; 40 and 20 gave the same validation figures, docs/results.md).
         erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden
             states and apply it to H_x before the block and head (:mod:`crawd.erasure`).
         erase_column: the training data's column holding the sensitive attribute.
@@ -121,7 +121,7 @@ class CrawdConfig:
     neutralize: float = 0.0
     probe_share: float = 1.0
     gender_cue_layer: int | None = None
-    gender_cue_refit_steps: int = 20
+    gender_cue_refit_steps: int = 40
     erase: bool = False
     erase_column: str = "gender"
     erase_refit_steps: int = 50
