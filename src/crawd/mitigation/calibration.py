@@ -23,38 +23,14 @@ GENDERED_SUBJECTS = ("the {w}", "my {w}", "our {w}", "a {w}")
 #: occupation, so that a word for a person is not taken for a gendered one).
 NEUTRAL_SUBJECTS = ("the person", "someone", "this person", "my colleague", "a friend of mine", "the new hire",
                     "the {o}", "a {o}", "our {o}", "a local {o}", "the {o} next door", "one {o}", "every {o}",
-                    "the {p}", "a {p}", "our {p}", "one {p}", "a local {p}", "the {p} next door", "every {p}")
+                    "the {p}", "a {p}", "our {p}", "one {p}")
 PEOPLE = ("neighbour", "customer", "student", "patient", "passenger", "tenant", "guest", "stranger", "visitor",
-    "child", "volunteer", "resident", "member", "fan", "player", "runner", "reader", "traveller", "driver",
-    "owner", "partner", "applicant", "candidate", "winner", "speaker", "caller", "newcomer", "pupil",
+          "child", "volunteer", "resident", "member", "fan", "player", "runner", "reader", "traveller", "driver",
+          "owner", "partner", "applicant", "candidate", "winner", "speaker", "caller", "newcomer", "pupil",
           # occupations the bios lack and the evaluation's held-out ones are not (tested)
-    "pilot", "farmer", "soldier", "tailor", "judge", "banker", "barber", "butcher", "dancer", "singer",
-    "coach", "sailor", "gardener", "mayor", "senator", "courier", "curator", "diplomat", "editor", "florist",
-    "locksmith", "novelist", "optician", "surveyor", "translator", "welder", "zoologist", "astronomer")
-#: Roles and professions that give no gender, so that the probe meets many words for a person that are no cue
-#: (a held-out occupation such as "machinist" fired as one): the single-word entries of Bolukbasi et al.'s
-#: professions list (the data folder's wordlists/bolukbasi/professions.json; MIT, its LICENSE in
-#: this package's wordlists/bolukbasi) whose definitional gender is within 0.2 of 0,
-#: less every occupation of occupations-stats.tsv (the held-out ones among them), every word of the lexicon and
-#: the bios, every word of a BOLD profession entity or of an evaluation share's BOLD profession prompt, and
-#: the words above (tests/test_heldout_metrics.py checks it against the data).
-ROLES = (
-    "acquaintance", "adventurer", "aide", "ambassador", "artiste", "assassin", "athlete", "ballplayer",
-    "barrister", "bodyguard", "bookkeeper", "boss", "boxer", "broadcaster", "bureaucrat", "cabbie",
-    "campaigner", "captain", "caretaker", "cellist", "chancellor", "citizen", "collector", "colonel",
-    "columnist", "commander", "commentator", "commissioner", "constable", "cop", "correspondent", "councilor",
-    "critic", "crooner", "crusader", "dean", "detective", "drummer", "entertainer", "entrepreneur",
-    "environmentalist", "envoy", "epidemiologist", "evangelist", "financier", "firebrand", "gangster",
-    "goalkeeper", "guitarist", "homemaker", "housekeeper", "infielder", "jeweler", "jurist", "lawmaker",
-    "lecturer", "legislator", "lieutenant", "lifeguard", "maestro", "magician", "magistrate", "marshal",
-    "mediator", "medic", "minister", "missionary", "mobster", "narrator", "naturalist", "negotiator",
-    "observer", "organist", "parishioner", "parliamentarian", "philanthropist", "philosopher", "pianist",
-    "politician", "pollster", "preacher", "president", "prisoner", "promoter", "proprietor", "prosecutor",
-    "protagonist", "protege", "protester", "provost", "pundit", "rabbi", "ranger", "realtor", "researcher",
-    "restaurateur", "saint", "saxophonist", "scholar", "sergeant", "servant", "shopkeeper", "skipper",
-    "solicitor", "sportswriter", "stockbroker", "stylist", "swimmer", "teenager", "trader", "treasurer",
-    "trooper", "trucker", "trumpeter", "tutor", "tycoon", "undersecretary", "understudy", "valedictorian",
-    "violinist", "vocalist", "warden", "warrior", "wrestler")
+          "pilot", "farmer", "soldier", "tailor", "judge", "banker", "barber", "butcher", "dancer", "singer",
+          "coach", "sailor", "gardener", "mayor", "senator", "courier", "curator", "diplomat", "editor", "florist",
+          "locksmith", "novelist", "optician", "surveyor", "translator", "welder", "zoologist", "astronomer")
 #: What may come before the subject: nothing, or words capitalised at a sentence's start, months and places.
 OPENINGS = ("", "", "", "Yesterday, ", "According to the report, ", "Last year, ", "I think ", "In March, ",
             "By Friday, ", "Meanwhile, ", "Apparently, ", "Back in {c}, ", "Suddenly, ", "Every summer, ",
@@ -88,8 +64,7 @@ def calibration_sentences(count: int = COUNT, seed: int = SEED) -> list[str]:
             name = rng.choice(FEMALE_NAMES + MALE_NAMES)
             subject = name if rng.random() < 0.3 else f"{name} {rng.choice(SURNAMES)}"
         else:
-            person = rng.choice(PEOPLE + ROLES)
-            subject = rng.choice(NEUTRAL_SUBJECTS).format(o=rng.choice(OCCUPATION_TITLES), p=person)
+            subject = rng.choice(NEUTRAL_SUBJECTS).format(o=rng.choice(OCCUPATION_TITLES), p=rng.choice(PEOPLE))
         if not opening:
             subject = subject[:1].upper() + subject[1:]
         out.append(f"{opening}{subject} {predicate}{rng.choice(ENDINGS)}")
