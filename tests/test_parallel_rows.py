@@ -138,7 +138,8 @@ def test_a_killed_parallel_compare_resumes_to_the_uninterrupted_figures(sequenti
     killed = tmp_path / "killed"
     env = {**os.environ, "CRAWD_TEST_CHECKPOINT_PAUSE": "2:120"}
     argv = ["compare", "--config", str(config), "--out", str(killed), "--seeds", "0", "--jobs", "3"]
-    awaited = [killed / "runs" / "base-seed0" / "run.json"] + [  # base done, the others paused
+    # base done and in results.json (the parent writes it just after run.json), the others paused
+    awaited = [killed / "runs" / "base-seed0" / "run.json", killed / "results.json"] + [
         killed / "runs" / f"{m}-seed0" / ".staging" / "checkpoint-2" / "trainer_state.json"
         for m in ("vanilla", "crawd")]
     with open(tmp_path / "killed.log", "w") as log:
