@@ -27,14 +27,13 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from torch import nn
 from transformers import PreTrainedTokenizerBase, TrainerCallback
 
 from crawd.mitigation.calibration import calibration_sentences
-from crawd.mitigation.lexicon import gendered_spans, word_genders
+from crawd.mitigation.lexicon import gendered_spans
 from crawd.mitigation.probes import encode, probe_text
 
 #: Training rows the probe is fitted on, its L2 strength, and the ramp from "given" to the readout's share
@@ -92,16 +91,10 @@ class GenderCues(nn.Module):
             raise ValueError("the gender cues need tokens that give a gender and tokens that do not; the fit rows "
                              "gave only one kind")
         x = states.double().cpu().numpy()
-        y = labels.cpu().numpy()
         mean, scale = x.mean(0), x.std(0) + 1e-6
-        z = (x - mean) / scale
-        direction = z[y == 2].mean(0) - z[y == 1].mean(0)
-        direction /= np.linalg.norm(direction)
-        z = z - np.outer(z @ direction, direction)
         model = LogisticRegression(C=INVERSE_L2, class_weight="balanced", max_iter=3000)
-        model.fit(z, (y > 0).astype(int))
-        weight = model.coef_[0] - (model.coef_[0] @ direction) * direction
-        for buffer, value in ((self.mean, mean), (self.scale, scale), (self.weight, weight),
+        model.fit((x - mean) / scale, labels.cpu().numpy())
+        for buffer, value in ((self.mean, mean), (self.scale, scale), (self.weight, model.coef_[0]),
                               (self.bias, model.intercept_[0])):
             buffer.copy_(torch.as_tensor(value, dtype=buffer.dtype))
 
@@ -111,16 +104,14 @@ def _labels(text: str, offsets: Sequence[tuple[int, int]], swaps: dict[str, str]
     """Per token: 1 where it ends a gendered span, 0 elsewhere; -100 (left out) inside a capitalised word that
     is neither in the lexicon nor, in lower case, in ``common`` (the words the fit texts write in lower case:
     "The", "Based"), since it may be a name no list holds. ``common`` None: every word is known."""
-    genders = word_genders()
-    cues = {m.end(): 2 if (genders.get(m.group(0)) or genders.get(m.group(0).lower())) == "female" else 1
-            for m in gendered_spans(text, swaps, names)}
+    cues = {m.end() for m in gendered_spans(text, swaps, names)}
     unknown = [] if common is None else [m.span() for m in _CAPITALISED.finditer(text)
                                          if m.group(0) not in names and m.group(0).lower() not in swaps
                                          and m.group(0).lower() not in common]
     labels = []
     for start, end in offsets:
         if end in cues:
-            labels.append(cues[end])
+            labels.append(1)
         elif any(a < end and start < b for a, b in unknown):
             labels.append(-100)
         else:
