@@ -41,6 +41,16 @@ def cue_probabilities(model, tokenizer, texts: list[str], batch: int = 32) -> li
     return out
 
 
+def load_neutral(adapter: str):
+    """(SmolLM2-135M with a trained `neutral` adapter in eval mode, its tokenizer); exits if it has no cues."""
+    torch.manual_seed(0)
+    base, tokenizer = load_model("smollm2-135m")
+    model = crawd.load(base, tokenizer, adapter).eval()
+    if model.mitigation is None or model.mitigation.cues is None:
+        raise SystemExit(f"{adapter} has no gender cues (train it with --preset neutral)")
+    return model, tokenizer
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("adapter", help="a trained neutral adapter folder")
@@ -48,11 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--split", default="validation", choices=("validation", "test"))
     p.add_argument("--n-cases", type=int, default=200, help="misgendering contexts per gender")
     args = p.parse_args(argv)
-    torch.manual_seed(0)
-    base, tokenizer = load_model("smollm2-135m")
-    model = crawd.load(base, tokenizer, args.adapter).eval()
-    if model.mitigation is None or model.mitigation.cues is None:
-        raise SystemExit(f"{args.adapter} has no gender cues (train it with --preset neutral)")
+    model, tokenizer = load_neutral(args.adapter)
     low, high = OPEN_RAMP
     occupations = list(heldout_occupations(args.data_dir, args.split))
     prompts = [t.format(occupation=o) for o in occupations for t in heldout_templates(args.split)]
