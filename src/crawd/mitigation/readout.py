@@ -28,9 +28,6 @@ from torch import nn
 
 #: Factor on the shift's gradient (see the module doc).
 GRADIENT_SCALE = 0.01
-import os
-SHIFT_SCALE = float(os.environ.get('CRAWD_SHIFT_SCALE', '1'))
-SHIFT_POWER = float(os.environ.get('CRAWD_SHIFT_POWER', '1'))
 
 
 def scaled_gradient(weight: torch.Tensor, scale: float) -> torch.Tensor:
@@ -72,7 +69,7 @@ class GenderedReadout(nn.Module):
                                                                                 self.side_of_token]
             logits = logits.index_add(-1, self.tokens, (share * toward).to(logits.dtype))
         if self.shift is not None:
-            weight = (SHIFT_SCALE * scaled_gradient(self.shift, GRADIENT_SCALE / SHIFT_SCALE)).to(hidden.dtype)
-            moved = (hidden @ weight.T)[..., self.pair_of_token] * share ** SHIFT_POWER
+            weight = scaled_gradient(self.shift, GRADIENT_SCALE).to(hidden.dtype)
+            moved = (hidden @ weight.T)[..., self.pair_of_token] * share
             logits = logits.index_add(-1, self.tokens, moved.to(logits.dtype))
         return logits
