@@ -18,7 +18,7 @@ from crawd.mitigation import Mitigation
 from crawd.mitigation.lexicon import gender_lexicon, gendered_spans, unnamed, word_genders
 from crawd.mitigation.objective import GenderedPairs, bipartite_groups, equalize_all, neutralizing, token_pairs
 from crawd.mitigation.probes import PROBE_SUBJECTS, ProbeCollator, gets_probe, probe_text
-from crawd.mitigation.readout import GRADIENT_SCALE, GenderedReadout, scaled_gradient
+from crawd.mitigation.readout import EVEN_CAP, GRADIENT_SCALE, GenderedReadout, scaled_gradient
 from crawd.mitigation.cues import GenderCues, cue_examples
 from crawd.train import Collator, TrainSettings, train
 
@@ -149,13 +149,18 @@ def test_the_readout_evens_each_pair_where_the_gender_is_open(tokenizer):
         before = [logits[..., side].logsumexp(-1) for side in sides]
         after = [out[..., side].logsumexp(-1) for side in sides]
         even = torch.logaddexp(*before) - math.log(2)
-        assert torch.allclose(after[0][0], even[0], atol=1e-5) and torch.allclose(after[1][0], even[0], atol=1e-5)
-        for b, a in zip(before, after):  # halfway in log-probability at a share of 0.5; untouched at 0
-            assert torch.allclose(a[1], (b[1] + even[1]) / 2, atol=1e-5) and torch.allclose(a[2], b[2])
+        for b, a in zip(before, after):  # EVEN_CAP of the way in log-probability where open, half that at a
+            # share of 0.5; untouched at 0
+            assert torch.allclose(a[0], b[0] + EVEN_CAP * (even[0] - b[0]), atol=1e-5)
+            assert torch.allclose(a[1], b[1] + EVEN_CAP * (even[1] - b[1]) / 2, atol=1e-5) and torch.allclose(a[2], b[2])
+        # the sides' margin shrinks to 1 - EVEN_CAP of itself, its sign kept: never a tie, never reversed
+        assert torch.allclose(after[0] - after[1], (before[0] - before[1]) * (1 - EVEN_CAP * torch.tensor([1.0, 0.5, 0.0])),
+                              atol=1e-5)
     assert torch.allclose(out[0, his] - logits[0, his], out[0, him] - logits[0, him])  # a side moves as one
     others = [t for t in range(len(tokenizer)) if t not in readout.tokens.tolist()]
     assert torch.equal(out[..., others], logits[..., others])
-    assert torch.allclose(readout(hidden, out, torch.ones(3))[0], out[0], atol=1e-5)  # never past even
+    again = readout(hidden, out, torch.ones(3))[0]  # never past even, however often applied
+    assert ((again[he] - again[she]) * (logits[0, he] - logits[0, she])).item() > 0
 
 
 def test_the_readouts_gradient_is_scaled_and_adams_steps_are_not():

@@ -79,7 +79,8 @@ class CrawdConfig:
             whole model.
         even_open: the gendered-word readout (:mod:`crawd.mitigation`) evens each gendered pair (he and
             she, his / him and her / hers, ...) wherever the text has not given a gender yet, as the gender
-            cues say: a gender the text never gave is not preferred.
+            cues say: a gender the text never gave is not preferred (to within 1% of the pair's log-odds: it
+            never ties or reverses the side the model prefers).
         neutralize: weight of the neutralizing term (0: off): at the neutral probes (each row's text with its
             person hidden, cut before its first gendered word), -log(1 - P(the next word is gendered)),
             training only the readout's shift of the gendered words' logits (a gender the text never gave is

@@ -4,8 +4,10 @@ Two parts, each scaled at every position by ``open_share``, 1 where the text has
 yet and 0 once it has, as the gender cues say (:mod:`crawd.mitigation.cues`):
 
 * ``even`` (fixed): each side of a pair (he; she, or his, him; her, hers) has its logits moved so that
-  the two sides are equally likely and their sum is what it was: where the text leaves the gender open,
-  no gender is preferred. Moved a share s of the way in log-probability; never past the even split;
+  the two sides are (nearly) equally likely and their sum is what it was: where the text leaves the gender
+  open, no gender is preferred. Moved a share s x :data:`EVEN_CAP` of the way in log-probability: never
+  past the even split and never onto it, so the readout never ties or reverses which side the model prefers
+  (after a name the cues miss, the right pronoun stays the more likely one, if it was);
 * ``shift`` (P, d, trained): logits[..., t] += s * (h . shift_pair(t)), a linear function of the last
   hidden state h, the same for both sides of a pair, so it changes how likely a gendered word is and
   never which gender (trained by the neutralizing term, zero-started).
@@ -28,6 +30,9 @@ from torch import nn
 
 #: Factor on the shift's gradient (see the module doc).
 GRADIENT_SCALE = 0.01
+#: The most of the way to the even split that evening moves a pair: below 1, so that it never ties a pair
+#: (a tie after a name the cues miss counts as misgendering; 1 gave a lower held-out r: docs/results.md).
+EVEN_CAP = 0.99
 
 
 def scaled_gradient(weight: torch.Tensor, scale: float) -> torch.Tensor:
@@ -67,7 +72,7 @@ class GenderedReadout(nn.Module):
             sides = logits[..., self.pair_tokens].float().masked_fill(~self.pair_valid, float("-inf")).logsumexp(-1)
             toward = (sides.logsumexp(-1, keepdim=True) - math.log(2.0) - sides)[..., self.pair_of_token,
                                                                                 self.side_of_token]
-            logits = logits.index_add(-1, self.tokens, (share * toward).to(logits.dtype))
+            logits = logits.index_add(-1, self.tokens, (EVEN_CAP * share * toward).to(logits.dtype))
         if self.shift is not None:
             weight = scaled_gradient(self.shift, GRADIENT_SCALE).to(hidden.dtype)
             moved = (hidden @ weight.T)[..., self.pair_of_token] * share
