@@ -152,10 +152,11 @@ def test_the_readout_evens_each_pair_where_the_gender_is_open(tokenizer):
         for b, a in zip(before, after):  # EVEN_CAP of the way in log-probability where open, half that at a
             # share of 0.5; untouched at 0
             assert torch.allclose(a[0], b[0] + EVEN_CAP * (even[0] - b[0]), atol=1e-5)
-            assert torch.allclose(a[1], b[1] + EVEN_CAP * (even[1] - b[1]) / 2, atol=1e-5) and torch.allclose(a[2], b[2])
+            assert torch.allclose(a[1], b[1] + EVEN_CAP * (even[1] - b[1]) / 2, atol=1e-5)
+            assert torch.allclose(a[2], b[2])
         # the sides' margin shrinks to 1 - EVEN_CAP of itself, its sign kept: never a tie, never reversed
-        assert torch.allclose(after[0] - after[1], (before[0] - before[1]) * (1 - EVEN_CAP * torch.tensor([1.0, 0.5, 0.0])),
-                              atol=1e-5)
+        kept = 1 - EVEN_CAP * torch.tensor([1.0, 0.5, 0.0])
+        assert torch.allclose(after[0] - after[1], (before[0] - before[1]) * kept, atol=1e-5)
     assert torch.allclose(out[0, his] - logits[0, his], out[0, him] - logits[0, him])  # a side moves as one
     others = [t for t in range(len(tokenizer)) if t not in readout.tokens.tolist()]
     assert torch.equal(out[..., others], logits[..., others])
