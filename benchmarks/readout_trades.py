@@ -23,6 +23,7 @@ import torch
 from crawd.data.load import load_data
 from crawd.metrics.heldout import heldout_names, heldout_occupations, heldout_templates
 from crawd.metrics.misgendering import GENDERS, SUBJECT_PRONOUNS, misgendering_contexts
+from crawd.metrics.pronoun_skew import first_token_id
 from crawd.mitigation import calibration, cues
 from crawd.mitigation.probes import padded
 from where_cues_fire import load_neutral  # this folder's
@@ -31,7 +32,7 @@ from where_cues_fire import load_neutral  # this folder's
 @torch.no_grad()
 def margins(model, tokenizer, texts: list[str], batch: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """log P(she) - log P(he) before the readout at each text's end, and how far the text has given a gender."""
-    she, he = (tokenizer(SUBJECT_PRONOUNS[g], add_special_tokens=False)["input_ids"][0] for g in GENDERS)
+    she, he = (first_token_id(tokenizer, SUBJECT_PRONOUNS[g], []) for g in GENDERS)
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     margin, given = [], []
     for i in range(0, len(texts), batch):
@@ -47,11 +48,6 @@ def margins(model, tokenizer, texts: list[str], batch: int = 32) -> tuple[np.nda
     return np.array(margin), np.array(given)
 
 
-def share(given: np.ndarray) -> np.ndarray:
-    low, high = cues.OPEN_RAMP
-    return np.clip((high - given) / (high - low), 0.0, 1.0)
-
-
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("adapter", help="a trained neutral adapter folder")
@@ -61,6 +57,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--refit-seed", type=int, default=0, help="the training seed whose row order the fit takes")
     args = p.parse_args(argv)
     model, tokenizer = load_neutral(args.adapter)
+
+    def share(given: np.ndarray) -> np.ndarray:
+        return model.mitigation.cues.open_share(torch.as_tensor(given)).numpy()
+
     occupations = heldout_occupations(args.data_dir, "validation")
     templates = heldout_templates("validation")
     prompts = [t.format(occupation=o) for o in occupations for t in templates]
