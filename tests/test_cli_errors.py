@@ -95,6 +95,27 @@ def test_train_bad_input(case, assets, out_with_adapter, capsys):
     assert snapshot(out_with_adapter) == before
 
 
+COMMAND_LINE_CASES = {
+    "unknown option": (["--output-dir", "x"], "No such option: --output-dir"),
+    "value of the wrong type": (["--max-steps", "abc"], "Invalid value for '--max-steps'"),
+    "option without its value": (["--top-k"], "Option '--top-k' requires an argument"),
+}
+
+
+@pytest.mark.parametrize("case", COMMAND_LINE_CASES)
+def test_command_line_mistakes(case, assets, out_with_adapter, capsys):
+    """typer parses these before any crawd code runs: its own error classes must still become one line."""
+    extra, expected = COMMAND_LINE_CASES[case]
+    before = snapshot(out_with_adapter)
+    code, output = run_cli(train_args(assets, out_with_adapter) + extra, capsys)
+    assert_one_error(code, output, expected)
+    assert snapshot(out_with_adapter) == before
+
+
+def test_unknown_command(capsys):
+    assert_one_error(*run_cli(["trian"], capsys), "No such command 'trian'")
+
+
 def test_bad_cpu_linear_backend_is_an_error_before_anything_is_written(assets, out_with_adapter, monkeypatch,
                                                                        capsys):
     monkeypatch.setenv("CRAWD_CPU_LINEAR", "mkl")

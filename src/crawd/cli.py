@@ -20,7 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Optional, Union, get_args, get_origin
 
-import click
 import typer
 from rich.console import Console
 from transformers import set_seed
@@ -332,10 +331,11 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: run the app and turn user mistakes into one error line."""
     try:
         code = app(args=argv, standalone_mode=False)  # typer returns 130 for Ctrl-C
-    except click.exceptions.ClickException as err:
-        err.show()
+    except typer.TyperException as err:  # a bad option or value on the command line (typer's own click)
+        console.print(f"[red]error:[/red] {err.format_message()} (see --help)", highlight=False,
+                      soft_wrap=True)
         sys.exit(err.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         code = 130
     except USER_ERRORS as err:
         if os.environ.get("CRAWD_DEBUG"):
