@@ -38,9 +38,9 @@ def margins(model, tokenizer, texts: list[str], batch: int = 32) -> tuple[np.nda
     for i in range(0, len(texts), batch):
         encoded = [[start] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[i:i + batch]]
         ids, mask = padded(encoded, 0), padded([[1] * len(e) for e in encoded], 0)
-        out, states = model.encode_tracked(ids, mask)
+        out, cue_input = model.encode_tracked(ids, mask)
         logp = model.head_logits(out.last_hidden_state, mask).log_softmax(-1)
-        so_far = model.mitigation.cues.given(states, mask)
+        so_far = model.mitigation.given(cue_input, mask)
         last = torch.tensor([len(e) - 1 for e in encoded])
         rows = torch.arange(len(encoded))
         margin += (logp[rows, last, she] - logp[rows, last, he]).tolist()

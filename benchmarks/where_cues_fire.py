@@ -28,7 +28,7 @@ from crawd.onednn import onednn_linear
 
 @torch.no_grad()
 def cue_probabilities(model, tokenizer, texts: list[str], batch: int = 32) -> list[tuple[list[int], list[float]]]:
-    """(ids, P(cue) per token) of each text after the start token."""
+    """(ids, P(cue) per token, 0 where a token may not be a cue: CueTokens) of each text after the start token."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out = []
     for i in range(0, len(texts), batch):
@@ -36,7 +36,7 @@ def cue_probabilities(model, tokenizer, texts: list[str], batch: int = 32) -> li
         ids, mask = padded(encoded, 0), padded([[1] * len(e) for e in encoded], 0)
         with onednn_linear(), model.mitigation.capturing(stop=True) as captured:
             model.encode(ids, mask)
-        p = model.mitigation.cues.probabilities(captured.states)
+        p = model.mitigation.cues.probabilities(captured.states) * model.mitigation.cue_tokens.may_cue(ids)
         out += [(e, p[row, :len(e)].tolist()) for row, e in enumerate(encoded)]
     return out
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_model
+from tokenizers import Tokenizer, decoders, models
+from transformers import PreTrainedTokenizerFast
 from datasets import Dataset
 
 import crawd
@@ -19,7 +21,7 @@ from crawd.mitigation.lexicon import gender_lexicon, gendered_spans, unnamed, wo
 from crawd.mitigation.objective import GenderedPairs, bipartite_groups, equalize_all, neutralizing, token_pairs
 from crawd.mitigation.probes import PROBE_SUBJECTS, ProbeCollator, gets_probe, probe_text
 from crawd.mitigation.readout import EVEN_CAP, GRADIENT_SCALE, GenderedReadout, scaled_gradient
-from crawd.mitigation.cues import GenderCues, cue_examples
+from crawd.mitigation.cues import CueTokens, GenderCues, cue_examples
 from crawd.train import Collator, TrainSettings, train
 
 NEUTRAL = {"even_open": True, "neutralize": 1.0, "probe_share": 1.0}
@@ -106,6 +108,32 @@ def test_the_cues_fit_a_separable_case_and_the_text_stays_given_once_it_gave_a_g
     assert cues.given(text, torch.tensor([[1, 1, 0, 1, 1]]))[0].max() < 0.1  # a padding position is no cue
     with pytest.raises(ValueError, match="need tokens that give a gender and tokens that do not"):
         cues.fit(states, torch.zeros(200, dtype=torch.long))
+
+
+def test_only_capitalised_words_and_gendered_words_may_be_cues(tokenizer):
+    # GPT-2-style pieces ("\u0120": a space before the piece), given as ids by hand: a word's flag follows the word,
+    # not the piece ("inist" of "machinist" is none, "yanka" of "Priyanka" is), and a gendered word counts at
+    # a piece that is one ("mother" of "grandmother")
+    pieces = ["<s>", "The", "\u0120mach", "inist", "\u0120said", "\u0120Pri", "yanka", "\u0120was", ".", "\u0120her",
+              "\u0120grand", "mother", "\u0120she", "\u0120late"]
+    model = models.WordLevel({p: i for i, p in enumerate(pieces)}, unk_token="<s>")
+    byte_level = Tokenizer(model)
+    byte_level.decoder = decoders.ByteLevel()
+    cases = {
+        PreTrainedTokenizerFast(tokenizer_object=byte_level, bos_token="<s>"): {
+            "<s> The \u0120mach inist \u0120said \u0120Pri yanka \u0120was \u0120late .": "0 1 0 0 0 1 1 0 0 0",
+            "\u0120her \u0120grand mother \u0120said . \u0120she": "1 0 1 0 0 1"},
+        tokenizer: {"the nurse said that she works with the client": "0 0 0 0 1 0 0 0 0",  # every token a word
+                    "Mary Smith works as a nurse . her client": "1 1 0 0 0 0 0 1 0"},
+    }
+    for tok, texts in cases.items():
+        cue_tokens = CueTokens(tok, set(word_genders()))
+        for text, expected in texts.items():
+            ids = tok.convert_tokens_to_ids(text.split())
+            may_cue = cue_tokens.may_cue(torch.tensor([ids]))[0].tolist()
+            assert may_cue == [f == "1" for f in expected.split()], (text, may_cue)
+            state = {}  # cached generation, a token at a time: the same
+            assert torch.cat([cue_tokens.may_cue(torch.tensor([[i]]), state) for i in ids], 1)[0].tolist() == may_cue
 
 
 # ---- the readout -----------------------------------------------------------------------------
@@ -236,6 +264,17 @@ def test_the_probe_terms_train_the_readout_alone_and_inference_is_as_without_the
     model.mitigation.neutralize = 1.0
     with torch.no_grad():  # at inference the weights alone count, not the terms
         assert torch.equal(model(**enc).logits, plain(**enc).logits)
+
+
+def test_a_fresh_neutral_model_is_exactly_its_base(tokenizer):
+    base = tiny_model("llama")
+    tokenizer.padding_side = "right"
+    enc = tokenizer(["the nurse said that she", "Mary said that"], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        expected = base(**enc).logits
+        model = crawd.wrap(base, tokenizer, CrawdConfig.preset("neutral", "lm", num_heads=4)).eval()
+        assert not model.mitigation.cues.fitted  # unfitted, no token is left out as a possible cue
+        assert torch.equal(model(**enc).logits, expected)
 
 
 def test_the_mitigation_refuses_what_it_cannot_do(tokenizer):

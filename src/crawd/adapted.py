@@ -25,7 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast, SequenceClassi
 
 from crawd.config import CrawdConfig
 from crawd.erasure import ConceptEraser
-from crawd.mitigation import PROBE_KEYS, Mitigation
+from crawd.mitigation import PROBE_KEYS, CueInput, Mitigation
 from crawd.models import ENCODER_MODEL_TYPES
 from crawd.storage import save_adapter
 
@@ -206,14 +206,14 @@ class AdaptedModel(nn.Module):
         return self.classifier(dropout(pooled) if isinstance(dropout, nn.Dropout) else pooled)
 
     def encode_tracked(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                       **kwargs: Any) -> tuple[Any, torch.Tensor | None]:
-        """:meth:`encode`, and the mitigation's cue-layer input at the same positions (None without a readout):
-        what :meth:`head` needs to place the gendered-word readout."""
+                       **kwargs: Any) -> tuple[Any, CueInput | None]:
+        """:meth:`encode`, and what the mitigation's gender cues read of it (the ids and the cue layer's input;
+        None without a readout): what :meth:`head` needs to place the gendered-word readout."""
         if self.mitigation is None:
             return self.encode(input_ids, attention_mask, **kwargs), None
-        with self.mitigation.capturing() as captured:
+        with self.mitigation.capturing(input_ids) as captured:
             out = self.encode(input_ids, attention_mask, **kwargs)
-        return out, captured.states
+        return out, captured
 
     def softcap(self, logits: torch.Tensor) -> torch.Tensor:
         cap = getattr(self.hf.config, "final_logit_softcapping", None)
@@ -227,13 +227,13 @@ class AdaptedModel(nn.Module):
         return self.base_head(hidden, attention_mask)
 
     def head(self, hidden: torch.Tensor, attention_mask: torch.Tensor, state: dict | None = None,
-             cue_states: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
+             cue_input: CueInput | None = None, **kwargs: Any) -> torch.Tensor:
         """:meth:`head_logits`, with the mitigation's gendered-word readout (if any) where its gender cues on
-        ``cue_states`` (:meth:`encode_tracked`) say the text has not given a gender yet."""
+        ``cue_input`` (:meth:`encode_tracked`) say the text has not given a gender yet."""
         logits = self.head_logits(hidden, attention_mask, state, **kwargs)
         if self.mitigation is None:
             return logits
-        return self.mitigation.correct(hidden, logits, cue_states, attention_mask, state)
+        return self.mitigation.correct(hidden, logits, cue_input, attention_mask, state)
 
     def forward(
         self,
@@ -254,8 +254,8 @@ class AdaptedModel(nn.Module):
         probes = {k: kwargs.pop(k) for k in PROBE_KEYS if k in kwargs}
         if self.mitigation is not None and self.training and labels is not None:
             return self.mitigation.training_forward(self, input_ids, attention_mask, labels, **probes, **kwargs)
-        out, states = self.encode_tracked(input_ids, attention_mask, **kwargs)
-        logits = self.head(out.last_hidden_state, attention_mask, cue_states=states)
+        out, cue_input = self.encode_tracked(input_ids, attention_mask, **kwargs)
+        logits = self.head(out.last_hidden_state, attention_mask, cue_input=cue_input)
         return self.output(self.task_loss(logits, labels), logits, out)
 
     @property
@@ -319,13 +319,13 @@ class AdaptedModel(nn.Module):
         for _ in range(max_new_tokens):
             positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
             if use_cache:
-                out, states = self.encode_tracked(new, mask, position_ids=positions[:, -new.shape[1]:], cache=cache,
-                                                  use_cache=True)
+                out, cue_input = self.encode_tracked(new, mask, position_ids=positions[:, -new.shape[1]:], cache=cache,
+                                                     use_cache=True)
                 cache = out.cache
-                logits = self.head(out.last_hidden_state, mask[:, -new.shape[1]:], state, cue_states=states)[:, -1]
+                logits = self.head(out.last_hidden_state, mask[:, -new.shape[1]:], state, cue_input=cue_input)[:, -1]
             else:
-                out, states = self.encode_tracked(ids, mask, position_ids=positions)
-                logits = self.head(out.last_hidden_state, mask, cue_states=states)[:, -1]
+                out, cue_input = self.encode_tracked(ids, mask, position_ids=positions)
+                logits = self.head(out.last_hidden_state, mask, cue_input=cue_input)[:, -1]
             if do_sample:
                 probs = warpers(ids, logits.float()).softmax(-1)
                 token = torch.multinomial(probs, 1, generator=generator).squeeze(-1)

@@ -133,13 +133,12 @@ class CrawdModel(AdaptedModel):
         mitigating = self.mitigation is not None and self.training and labels is not None
         if kwargs or mitigating or self._cacheable():
             return super().forward(input_ids, attention_mask, labels, **kwargs)
-        with contextlib.nullcontext(None) if self.mitigation is None else self.mitigation.capturing() as captured:
+        with contextlib.nullcontext(None) if self.mitigation is None else self.mitigation.capturing(input_ids) as captured:
             joint = self.encode_with_reference(input_ids, attention_mask)
         if joint is None:
             return super().forward(input_ids, attention_mask, labels, **kwargs)
         hidden, h_b = joint
-        states = None if captured is None else captured.states  # b's columns, if any, are cut by the readout
-        logits = self.head(hidden, attention_mask, cue_states=states, reference=h_b)
+        logits = self.head(hidden, attention_mask, cue_input=captured, reference=h_b)  # b's columns: cut by the readout
         return self.output(self.task_loss(logits, labels), logits, BaseModelOutputWithPast(last_hidden_state=hidden))
 
     def encode_with_reference(self, input_ids: torch.Tensor,

@@ -25,9 +25,9 @@ from crawd.mitigation.lexicon import gender_lexicon, word_genders
 from crawd.mitigation.objective import GenderedPairs, equalize_all, neutralizing
 from crawd.mitigation.probes import PROBE_KEYS, ProbeCollator, padded
 from crawd.mitigation.readout import GenderedReadout
-from crawd.mitigation.cues import FIT_BATCH, FIT_ROWS, CueCallback, GenderCues, fit_examples
+from crawd.mitigation.cues import FIT_BATCH, FIT_ROWS, CueCallback, CueTokens, GenderCues, fit_examples
 
-__all__ = ["PROBE_KEYS", "Mitigation", "MitigatedLMOutput"]
+__all__ = ["PROBE_KEYS", "CueInput", "Mitigation", "MitigatedLMOutput"]
 
 
 @dataclass
@@ -39,9 +39,12 @@ class MitigatedLMOutput(CausalLMOutputWithPast):
     terms: torch.Tensor | None = None
 
 
-class _Captured:
-    """The input of the cue layer during one encode (:meth:`Mitigation.capturing`)."""
+@dataclass
+class CueInput:
+    """What the gender cues read of one encode (:meth:`Mitigation.capturing`): the text's token ids and the
+    input of the cue layer at the same positions."""
 
+    ids: torch.Tensor | None = None
     states: torch.Tensor | None = None
 
 
@@ -82,7 +85,8 @@ class Mitigation(nn.Module):
                 raise ValueError(f"gender_cue_layer={self.cue_layer} is not a layer of this body, which has "
                                  f"{len(layers)} (choose 1 to {len(layers) - 1})")
             self.cues = GenderCues(hidden_size)
-            self._captured: _Captured | None = None
+            self.cue_tokens = CueTokens(tokenizer, self.genders)
+            self._captured: CueInput | None = None
             self._stop = False
             layers[self.cue_layer].register_forward_pre_hook(self._capture, with_kwargs=True)
 
@@ -94,11 +98,11 @@ class Mitigation(nn.Module):
                 raise _Stop
 
     @contextlib.contextmanager
-    def capturing(self, stop: bool = False) -> Iterator[_Captured]:
-        """Within it, the states entering the cue layer are kept (``.states`` of what it yields; ``stop``: the
-        forward pass ends there, by an exception caught here); an encode of other text (H_b, say) must run
-        outside it."""
-        slot = _Captured()
+    def capturing(self, ids: torch.Tensor | None = None, stop: bool = False) -> Iterator[CueInput]:
+        """Within it, the states entering the cue layer are kept (``.states`` of what it yields, beside the
+        ``ids`` being encoded; ``stop``: the forward pass ends there, by an exception caught here); an encode of
+        other text (H_b, say) must run outside it."""
+        slot = CueInput(ids)
         self._captured, self._stop = (slot if self.cues is not None else None), stop
         try:
             yield slot
@@ -108,22 +112,31 @@ class Mitigation(nn.Module):
             self._captured, self._stop = None, False
 
     # ---- logits ---------------------------------------------------------------------------
-    def open_share(self, states: torch.Tensor, mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
-        """(B, n): the readout's share at each position, from the cue layer's input ``states`` of the same
-        positions (``mask``: the valid ones; ``state``: what cached generation carries)."""
-        return self.cues.open_share(self.cues.given(states, mask, state))
+    def given(self, cue_input: CueInput, mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """(B, n): how far the text has given a gender at each position (:meth:`GenderCues.given`, on the tokens
+        that may be cues), from ``cue_input`` of the same positions (``mask``: the valid ones; ``state``: what
+        cached generation carries)."""
+        n = mask.shape[1]
+        may_cue = self.cue_tokens.may_cue(cue_input.ids[:, -n:], state)
+        if not self.cues.fitted:  # every token is a cue until the first fit: a fresh model is exactly its base
+            may_cue = None
+        return self.cues.given(cue_input.states[:, :n], mask, state, may_cue)
 
-    def correct(self, hidden: torch.Tensor, logits: torch.Tensor, states: torch.Tensor | None, mask: torch.Tensor,
+    def open_share(self, cue_input: CueInput, mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """(B, n): the readout's share at each position (:meth:`given`, through the ramp)."""
+        return self.cues.open_share(self.given(cue_input, mask, state))
+
+    def correct(self, hidden: torch.Tensor, logits: torch.Tensor, cue_input: CueInput | None, mask: torch.Tensor,
                 state: dict | None = None) -> torch.Tensor:
-        """``logits`` with the readout where the cues (on ``states``, the cue layer's input at the same positions)
-        say the text has not given a gender yet; unchanged without a readout."""
+        """``logits`` with the readout where the cues (on ``cue_input`` of the same positions) say the text has
+        not given a gender yet; unchanged without a readout."""
         if self.readout is None:
             return logits
-        if states is None:
-            raise RuntimeError("the gendered-word readout needs the cue layer's input of these positions "
-                               "(encode inside Mitigation.capturing)")
+        if cue_input is None or cue_input.states is None or cue_input.ids is None:
+            raise RuntimeError("the gendered-word readout needs the token ids and the cue layer's input of these "
+                               "positions (encode inside Mitigation.capturing(ids))")
         n = hidden.shape[1]
-        return self.readout(hidden, logits, self.open_share(states[:, :n], mask[:, :n], state))
+        return self.readout(hidden, logits, self.open_share(cue_input, mask[:, :n], state))
 
     # ---- training ---------------------------------------------------------------------------
     @property
@@ -141,18 +154,18 @@ class Mitigation(nn.Module):
         """``model``'s training forward (an :class:`crawd.adapted.AdaptedModel`) with the terms: the rows'
         task loss (+ equalizing at every position); the probes in a pass of their own without gradient
         (no term trains the body through them), whose neutralizing term trains the readout's shift alone."""
-        out, states = model.encode_tracked(input_ids, attention_mask, **kwargs)
-        logits = model.head(out.last_hidden_state, attention_mask, cue_states=states)
+        out, cue_input = model.encode_tracked(input_ids, attention_mask, **kwargs)
+        logits = model.head(out.last_hidden_state, attention_mask, cue_input=cue_input)
         loss = model.task_loss(logits, labels)
         if self.equalize > 0:
             loss = loss + self.equalize * equalize_all(self.pairs, logits, labels)
         terms = None
         if probe_input_ids is not None and len(probe_input_ids):
             with torch.no_grad():
-                probe_out, probe_states = model.encode_tracked(probe_input_ids, probe_attention_mask)
+                probe_out, probe_cues = model.encode_tracked(probe_input_ids, probe_attention_mask)
                 hidden = probe_out.last_hidden_state
                 before = model.head_logits(hidden, probe_attention_mask)
-                share = self.open_share(probe_states, probe_attention_mask)
+                share = self.open_share(probe_cues, probe_attention_mask)
             shifted = self.readout(hidden, before, share)
             terms = self.neutralize * neutralizing(self.pairs, shifted, probe_attention_mask, share,
                                                    self.probe_share * len(input_ids))

@@ -10,6 +10,11 @@ first name or a gendered word). A text has given a gender at position i in the m
 probability up to i (:meth:`GenderCues.given`, carried across cached generation), and the readout acts
 with the share ``open_share`` = a ramp of one minus it (:data:`OPEN_RAMP`).
 
+Only a token that can give a gender counts (:class:`CueTokens`): one inside a capitalised word (a name is
+written so, whichever name it is) or a word of the lexicon ("she", "aunt"). A lowercase word that is neither
+("machinist", "smiled") is no cue whatever the probe says: on validation the probe now and then took a
+piece of an occupation it had never seen for a name, which switched the readout off for that whole text.
+
 The probe is fitted, not trained by gradient (standardised states, L2 logistic regression), on tokens
 labelled by the lexicon (:func:`cue_examples`): the last token of a listed first name or of a gendered
 word is a cue, every other token is not, except that in training rows a capitalised word the lexicon does
@@ -24,7 +29,7 @@ names no crawd list holds (:mod:`crawd.metrics.heldout`).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import torch
@@ -38,10 +43,49 @@ from crawd.mitigation.probes import encode, probe_text
 
 #: Training rows the probe is fitted on, its L2 strength, and the ramp from "given" to the readout's share
 #: (1 below the first value, 0 above the second): chosen on validation.
-FIT_ROWS, INVERSE_L2, OPEN_RAMP = 64, 0.02, (0.2, 0.6)
+FIT_ROWS, INVERSE_L2, OPEN_RAMP = 64, 0.02, (0.1, 0.4)
 #: Examples per forward pass of a fit.
 FIT_BATCH = 16
 _CAPITALISED = re.compile(r"[A-Z][A-Za-z]*")
+
+
+class CueTokens(nn.Module):
+    """Which tokens may be cues: those inside a capitalised word, and the words of ``words`` (the lexicon's
+    gendered words, in lower case) as single tokens or as a word's last piece ("grand" + "mother"). A token
+    starts a word when the tokenizer writes a space before it after a letter, or when the token before it does
+    not end in a letter; so the flags are the tokenizer's own, and generation a token at a time gives the same
+    as the whole text (``state``)."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, words: Collection[str]) -> None:
+        super().__init__()
+        ids = list(range(len(tokenizer)))
+        texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
+        letter = next(i for i in ids if texts[i].strip().isalpha())
+        after = tokenizer.batch_decode([[letter, i] for i in ids], clean_up_tokenization_spaces=False)
+        offset = len(texts[letter])
+        flags = {
+            "spaced": [a[offset:offset + 1].isspace() for a in after],
+            "upper": [x.strip()[:1].isupper() for x in texts],
+            "ends_in_letter": [x[-1:].isalpha() for x in texts],
+            "word": [x.strip().lower() in words for x in texts],
+        }
+        for name, values in flags.items():
+            self.register_buffer(name, torch.tensor(values), persistent=False)
+
+    def may_cue(self, ids: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """(B, n) bool for ``ids`` (B, n); ``state`` carries the last word across the steps of cached generation."""
+        ends_in_letter = self.ends_in_letter[ids]
+        before = None if state is None else state.get("ends_in_letter")
+        before = torch.zeros_like(ends_in_letter[:, :1]) if before is None else before
+        starts = self.spaced[ids] | ~torch.cat([before, ends_in_letter[:, :-1]], 1)
+        positions = torch.arange(ids.shape[1], device=ids.device).expand_as(ids)
+        last_start = torch.where(starts, positions, -1).cummax(1).values
+        capitalised = self.upper[ids].gather(1, last_start.clamp(min=0))
+        if state is not None:
+            if "capitalised" in state:
+                capitalised = torch.where(last_start >= 0, capitalised, state["capitalised"])
+            state["ends_in_letter"], state["capitalised"] = ends_in_letter[:, -1:], capitalised[:, -1:]
+        return capitalised | self.word[ids]
 
 
 class GenderCues(nn.Module):
@@ -66,10 +110,14 @@ class GenderCues(nn.Module):
         return torch.sigmoid(((states.float() - self.mean) / self.scale) @ self.weight + self.bias)
 
     @torch.no_grad()
-    def given(self, states: torch.Tensor, mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+    def given(self, states: torch.Tensor, mask: torch.Tensor, state: dict | None = None,
+              may_cue: torch.Tensor | None = None) -> torch.Tensor:
         """(B, n): how far the text up to each position has given a gender: the running largest P(cue) over
-        the valid (``mask``) tokens so far; ``state`` carries it across the steps of cached generation."""
+        the valid (``mask``) tokens so far that may be cues (``may_cue``, :class:`CueTokens`; None: all);
+        ``state`` carries it across the steps of cached generation."""
         cue = self.probabilities(states) * mask[:, -states.shape[1]:].to(torch.float32)
+        if may_cue is not None:
+            cue = cue * may_cue.to(torch.float32)
         earlier = None if state is None else state.get("given")
         if earlier is not None:
             cue = torch.cat([earlier, cue], 1)

@@ -31,7 +31,7 @@ from torch import nn
 #: Factor on the shift's gradient (see the module doc).
 GRADIENT_SCALE = 0.01
 #: The most of the way to the even split that evening moves a pair: below 1, so that it never ties a pair
-#: (a tie after a name the cues miss counts as misgendering; 1 gave a lower held-out r: docs/results.md).
+#: (a tie after a name the cues miss counts as misgendering: docs/results.md).
 EVEN_CAP = 0.99
 
 
