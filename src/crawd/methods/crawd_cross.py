@@ -133,7 +133,8 @@ class CrawdModel(AdaptedModel):
         mitigating = self.mitigation is not None and self.training and labels is not None
         if kwargs or mitigating or self._cacheable():
             return super().forward(input_ids, attention_mask, labels, **kwargs)
-        with contextlib.nullcontext(None) if self.mitigation is None else self.mitigation.capturing(input_ids) as captured:
+        tracking = contextlib.nullcontext(None) if self.mitigation is None else self.mitigation.capturing(input_ids)
+        with tracking as captured:
             joint = self.encode_with_reference(input_ids, attention_mask)
         if joint is None:
             return super().forward(input_ids, attention_mask, labels, **kwargs)
