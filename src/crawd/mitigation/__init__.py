@@ -117,9 +117,8 @@ class Mitigation(nn.Module):
         that may be cues), from ``cue_input`` of the same positions (``mask``: the valid ones; ``state``: what
         cached generation carries)."""
         n = mask.shape[1]
-        may_cue = self.cue_tokens.may_cue(cue_input.ids[:, -n:], state)
-        if not self.cues.fitted:  # every token is a cue until the first fit: a fresh model is exactly its base
-            may_cue = None
+        # every token is a cue until the first fit: a fresh model is exactly its base
+        may_cue = self.cue_tokens.may_cue(cue_input.ids[:, -n:], state) if self.cues.fitted else None
         return self.cues.given(cue_input.states[:, :n], mask, state, may_cue)
 
     def open_share(self, cue_input: CueInput, mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
