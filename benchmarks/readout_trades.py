@@ -8,7 +8,8 @@ contexts whose cue misses the name (the readout's share is 1: P(cue) at most the
 accuracy (right pronoun more likely) before and after the readout; then, simulated on the same margins, the
 readout's share capped below 1 (it never evens a pair completely, so it never ties one) and a margin gate (no
 evening where the model's own he/she margin is large), each with the accuracy and the held-out prompts' r with
-the share of women (of the mean he/she margin per occupation). ``--refit DATA``: the cues refitted on the
+the share of women (of the mean he/she margin per occupation), and the margins all brought to 0.01 nats with
+their sign kept (so r reads only which side each prompt prefers). ``--refit DATA``: the cues refitted on the
 trained model with 240, 480 and 960 calibration sentences (first 64 rows of DATA, shuffled with
 ``--refit-seed`` as training does), and where they fire.
 """
@@ -89,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
     for gate_low, gate_high in ((2.0, 3.0), (3.0, 4.0)):
         row(f"no evening beyond a margin of {gate_low}-{gate_high} nats",
             lambda m, v, a=gate_low, b=gate_high: share(v) * np.clip((b - np.abs(m)) / (b - a), 0.0, 1.0))
+    # every margin down to 0.01 nats, its sign kept: what r then reads is only which side each prompt prefers
+    row("only the preferred side kept (0.01 nats)", lambda m, v: share(v) * np.clip(1 - 0.01 / np.abs(m), 0.0, 1.0))
 
     if args.refit:
         rows = load_data(args.refit, args.data_dir, seed=0)["train"].shuffle(seed=args.refit_seed)["text"][:cues.FIT_ROWS]

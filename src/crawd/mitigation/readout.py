@@ -67,14 +67,18 @@ class GenderedReadout(nn.Module):
     def forward(self, hidden: torch.Tensor, logits: torch.Tensor, open_share: torch.Tensor) -> torch.Tensor:
         """``logits`` (..., V) corrected where ``open_share`` (...,) says the gender is open (given ``hidden`` and
         ``logits`` without gradient, only the shift's weight gets one: the neutralizing term trains it alone)."""
-        share = open_share.to(hidden.dtype)[..., None]
+        return logits.index_add(-1, self.tokens, self.correction(hidden, logits, open_share).to(logits.dtype))
+
+    def correction(self, hidden: torch.Tensor, logits: torch.Tensor, open_share: torch.Tensor) -> torch.Tensor:
+        """(..., T): what the readout adds to the logits of :attr:`tokens` (evening, then the shift)."""
+        share = open_share.to(torch.float32)[..., None]
+        correction = torch.zeros((), dtype=torch.float32, device=logits.device)
         if self.even:
             sides = logits[..., self.pair_tokens].float().masked_fill(~self.pair_valid, float("-inf")).logsumexp(-1)
             toward = (sides.logsumexp(-1, keepdim=True) - math.log(2.0) - sides)[..., self.pair_of_token,
                                                                                 self.side_of_token]
-            logits = logits.index_add(-1, self.tokens, (EVEN_CAP * share * toward).to(logits.dtype))
+            correction = correction + EVEN_CAP * toward
         if self.shift is not None:
             weight = scaled_gradient(self.shift, GRADIENT_SCALE).to(hidden.dtype)
-            moved = (hidden @ weight.T)[..., self.pair_of_token] * share
-            logits = logits.index_add(-1, self.tokens, moved.to(logits.dtype))
-        return logits
+            correction = correction + (hidden @ weight.T)[..., self.pair_of_token].float()
+        return share * correction
