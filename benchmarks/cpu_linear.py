@@ -5,12 +5,14 @@
 Prints GFLOP/s of the forward product and of both backward products (input and weight gradients) for
 each linear shape of the model at a training batch, and for the vocabulary head; then one LoRA training
 step of the model (forward and backward) under each, with the largest difference of their logits and
-losses, so that "the same model to float rounding" is measured too.
+losses, so that "the same model to float rounding" is measured too, and which one ``CRAWD_CPU_LINEAR=auto`` (the
+default) takes here.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -19,7 +21,7 @@ import torch.nn.functional as F
 
 from crawd import adapt
 from crawd.models import load_model
-from crawd.onednn import _product, available, onednn_linear
+from crawd.onednn import ENV_VAR, _product, available, chosen, onednn_linear
 
 
 def rate(fn, flops: float, repeats: int) -> float:
@@ -40,6 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not available():
         raise SystemExit("oneDNN's linear product needs an x86-64 CPU and a PyTorch built with oneDNN")
+    auto = chosen() if os.environ.get(ENV_VAR, "auto") == "auto" else None
+    os.environ[ENV_VAR] = "onednn"  # both are measured, whichever the default would take
     torch.manual_seed(0)
     base, tokenizer = load_model(args.model, "lm")
     shapes = sorted({tuple(m.weight.shape) for m in base.modules() if isinstance(m, torch.nn.Linear)})
@@ -74,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
           f"({steps['torch'] / steps['onednn']:.2f}x); largest logit difference "
           f"{(outputs['torch'].logits - outputs['onednn'].logits).abs().max():.2e}, loss difference "
           f"{abs(outputs['torch'].loss.item() - outputs['onednn'].loss.item()):.2e}")
+    if auto is not None:
+        print(f"CRAWD_CPU_LINEAR=auto takes {'oneDNN' if auto else 'PyTorch'} on this CPU "
+              f"({torch.backends.cpu.get_cpu_capability()})")
 
 
 if __name__ == "__main__":

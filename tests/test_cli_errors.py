@@ -108,7 +108,7 @@ def test_bad_cpu_linear_backend_is_an_error_before_anything_is_written(assets, o
     monkeypatch.setenv("CRAWD_CPU_LINEAR", "mkl")
     before = snapshot(out_with_adapter)
     code, output = run_cli(train_args(assets, out_with_adapter), capsys)
-    assert_one_error(code, output, "CRAWD_CPU_LINEAR='mkl' is not a CPU linear backend; set it to one of onednn, torch")
+    assert_one_error(code, output, "CRAWD_CPU_LINEAR='mkl' is not a CPU linear backend; set it to one of auto, onednn, torch")
     assert snapshot(out_with_adapter) == before
 
 

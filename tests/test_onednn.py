@@ -7,9 +7,15 @@ import torch.nn.functional as F
 
 import crawd
 from conftest import tiny_model
-from crawd.onednn import ENV_VAR, available, backend, onednn_linear
+from crawd.onednn import ENV_VAR, available, backend, chosen, onednn_linear
 
 pytestmark = pytest.mark.skipif(not available(), reason="oneDNN's linear product needs an x86-64 CPU and a PyTorch built with oneDNN")
+
+
+@pytest.fixture(autouse=True)
+def route_through_onednn(monkeypatch):
+    """Asked for outright, so that the route is checked on every x86-64 CPU, not only where ``auto`` takes it."""
+    monkeypatch.setenv(ENV_VAR, "onednn")
 
 
 def _grads(fn, *tensors):
@@ -85,5 +91,15 @@ def test_left_alone_off_cpu_float32_and_when_asked(monkeypatch):
     with onednn_linear() as routed:
         assert not routed and F.linear(x, w).grad_fn.name() != "_LinearBackward"
     monkeypatch.setenv(ENV_VAR, "mkl")
-    with pytest.raises(ValueError, match=f"{ENV_VAR}='mkl' is not a CPU linear backend; set it to one of onednn, torch"):
+    with pytest.raises(ValueError, match=f"{ENV_VAR}='mkl' is not a CPU linear backend; set it to one of auto, onednn, torch"):
         backend()
+
+
+@pytest.mark.parametrize("capability, routed", [("AVX512", True), ("AVX2", False), ("DEFAULT", False)])
+def test_auto_takes_onednn_only_where_the_cpu_has_avx512(monkeypatch, capability, routed):
+    monkeypatch.delenv(ENV_VAR)
+    assert backend() == "auto"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
+    assert chosen() is routed
+    with onednn_linear() as got:
+        assert got is routed

@@ -1,16 +1,19 @@
 """Float32 linear layers on x86 CPUs through oneDNN, the library PyTorch ships for its CPU kernels.
 
 PyTorch computes a float32 ``F.linear`` on a CPU with MKL's GEMM, which runs its AVX2 code on AMD
-processors: on this project's AMD EPYC cores it reaches about 95 GFLOP/s a core, half of what the
-same core gives through oneDNN (about 210 GFLOP/s; ``benchmarks/cpu_linear.py``). Inside
+processors: on an AMD EPYC core with AVX-512 it reaches about 95 GFLOP/s, half of what the same core
+gives through oneDNN (about 210 GFLOP/s; ``benchmarks/cpu_linear.py``). On a core without AVX-512
+both run AVX2 code and MKL's is the faster (an AVX2 EPYC: a LoRA step 0.87x as fast through oneDNN),
+so the default route, ``auto``, takes oneDNN only where PyTorch reports AVX-512. Inside
 :func:`onednn_linear`, every float32 CPU ``F.linear`` (every ``nn.Linear``: the base model's
 layers, LoRA's, the heads) and its backward run as oneDNN matrix products instead: the same float32
 arithmetic in another summation order, so results agree with PyTorch's to float rounding (a
 relative 1e-6 on a layer's output), not to the last bit.
 
 crawd's training (:func:`crawd.train.train`) and scoring (:func:`crawd.metrics.run_benchmarks`) run
-inside it. ``CRAWD_CPU_LINEAR=torch`` in the environment keeps PyTorch's own kernels; the default,
-``onednn``, applies on x86-64 processors when this PyTorch has oneDNN (elsewhere nothing changes).
+inside it. ``CRAWD_CPU_LINEAR`` in the environment chooses: ``auto`` (the default: oneDNN on x86-64
+processors with AVX-512), ``onednn`` (on every x86-64 processor), ``torch`` (PyTorch's own kernels).
+oneDNN applies only when this PyTorch has it; elsewhere nothing changes.
 Half precision, autocast, GPUs, tensor subclasses (DTensor, fake tensors) and ``torch.compile``
 keep PyTorch's path.
 """
@@ -29,7 +32,7 @@ from torch.autograd.function import once_differentiable
 from torch.overrides import TorchFunctionMode
 
 ENV_VAR = "CRAWD_CPU_LINEAR"
-CHOICES = ("onednn", "torch")
+CHOICES = ("auto", "onednn", "torch")
 _PLAIN = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -79,8 +82,8 @@ class _OneDnnLinearMode(TorchFunctionMode):
 
 
 def backend() -> str:
-    """The CPU linear backend asked for: ``$CRAWD_CPU_LINEAR``, default ``"onednn"``."""
-    choice = os.environ.get(ENV_VAR, "onednn").strip().lower()
+    """The CPU linear backend asked for: ``$CRAWD_CPU_LINEAR``, default ``"auto"``."""
+    choice = os.environ.get(ENV_VAR, "auto").strip().lower()
     if choice not in CHOICES:
         raise ValueError(f"{ENV_VAR}={choice!r} is not a CPU linear backend; set it to one of {', '.join(CHOICES)}")
     return choice
@@ -93,13 +96,20 @@ def available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+def chosen() -> bool:
+    """Whether :func:`onednn_linear` routes through oneDNN: asked for (``onednn``, or ``auto`` on a CPU for
+    which PyTorch reports AVX-512) and :func:`available`."""
+    choice = backend()
+    wide = choice == "auto" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    return (choice == "onednn" or wide) and available()
+
+
 @contextlib.contextmanager
 def onednn_linear() -> Iterator[bool]:
     """Run float32 CPU linear layers (forward and backward) through oneDNN inside the block, as the module
-    doc says; yields whether they are (False: ``CRAWD_CPU_LINEAR=torch`` or not :func:`available`).
-    Nested blocks are one."""
+    doc says; yields whether they are (False where not :func:`chosen`). Nested blocks are one."""
     global _depth
-    if _depth or backend() != "onednn" or not available():
+    if _depth or not chosen():
         yield bool(_depth)
         return
     _depth += 1

@@ -57,7 +57,7 @@ class TrainStep:
 def interleave(runs: dict[str, Callable[[], float]], repeats: int, warmup: int,
                 verbose: bool = False, label: str = "") -> dict[str, list[float]]:
     """Warm each run up, then time them in turns (order reversed every other round); float32 CPU linear
-    layers through oneDNN, as crawd's training and scoring run them (:mod:`crawd.onednn`)."""
+    layers on the route crawd's training and scoring take (:mod:`crawd.onednn`)."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     order = list(runs)
     with onednn_linear():
