@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from crawd import adapt
 from crawd.models import load_model
-from crawd.onednn import ENV_VAR, _product, available, chosen, onednn_linear
+from crawd.onednn import ENV_VAR, _product, available, backend, chosen, onednn_linear
 
 
 def rate(fn, flops: float, repeats: int) -> float:
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if not available():
         raise SystemExit("oneDNN's linear product needs an x86-64 CPU and a PyTorch built with oneDNN")
-    auto = chosen() if os.environ.get(ENV_VAR, "auto") == "auto" else None
+    auto = chosen() if backend() == "auto" else None
     os.environ[ENV_VAR] = "onednn"  # both are measured, whichever the default would take
     torch.manual_seed(0)
     base, tokenizer = load_model(args.model, "lm")
