@@ -107,7 +107,9 @@ class GenderCues(nn.Module):
     @torch.no_grad()
     def probabilities(self, states: torch.Tensor) -> torch.Tensor:
         """(...,) P(cue) of states (..., d)."""
-        return torch.sigmoid(((states.float() - self.mean) / self.scale) @ self.weight + self.bias)
+        # A product and a sum, not `@`: a matrix-vector product's kernel (and so its last bits) depends on how
+        # many tokens there are, and cached generation, a token at a time, must give what the whole text does.
+        return torch.sigmoid((((states.float() - self.mean) / self.scale) * self.weight).sum(-1) + self.bias)
 
     @torch.no_grad()
     def given(self, states: torch.Tensor, mask: torch.Tensor, state: dict | None = None,
