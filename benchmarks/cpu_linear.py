@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from crawd import adapt
 from crawd.models import load_model
-from crawd.onednn import ENV_VAR, _product, available, backend, chosen, onednn_linear
+from crawd.onednn import ENV_VAR, _product, available, backend, chosen, cpu_vendor, onednn_linear
 
 
 def rate(fn, flops: float, repeats: int) -> float:
@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
           f"{abs(outputs['torch'].loss.item() - outputs['onednn'].loss.item()):.2e}")
     if auto is not None:
         print(f"CRAWD_CPU_LINEAR=auto takes {'oneDNN' if auto else 'PyTorch'} on this CPU "
-              f"({torch.backends.cpu.get_cpu_capability()})")
+              f"({cpu_vendor() or 'vendor unknown'}, {torch.backends.cpu.get_cpu_capability()})")
 
 
 if __name__ == "__main__":

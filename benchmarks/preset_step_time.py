@@ -9,7 +9,7 @@ One step = forward, backward and an AdamW update (fused, the Trainer's default).
 one step each per round, so a slower stretch of a shared machine hits them alike; the figure is the median
 per variant. A preset with gender cues fits them once before its first step (timed): training refits them
 every ``gender_cue_refit_steps`` steps, so the last column adds a fit's share to each step. Float32 linear
-layers take ``crawd train``'s route (:mod:`crawd.onednn`: oneDNN where the CPU has AVX-512; ``CRAWD_CPU_LINEAR``
+layers take ``crawd train``'s route (:mod:`crawd.onednn`: oneDNN on AMD CPUs with AVX-512; ``CRAWD_CPU_LINEAR``
 chooses).
 """
 

@@ -6,8 +6,8 @@
 On the he/she pair at the last position (the held-out measures' validation half): per gender, the misgendering
 contexts whose cue misses the name (the readout's share is 1: P(cue) at most the ramp's low end), and the
 accuracy (right pronoun more likely) before and after the readout; then, simulated on the same margins, the
-readout's share capped below 1 (it never evens a pair completely, so it never ties one) and a margin gate (no
-evening where the model's own he/she margin is large), each with the accuracy and the held-out prompts' r with
+readout's share capped below 1 (it never evens a pair completely, so it never ties one), a margin gate (no
+evening where the model's own he/she margin is large) and ties where the cues say open, each with the accuracy and the held-out prompts' r with
 the share of women (of the mean he/she margin per occupation), and the margins all brought to 0.01 nats with
 their sign kept (so r reads only which side each prompt prefers). ``--refit DATA``: the cues refitted on the
 trained model with 240, 480 and 960 calibration sentences (first 64 rows of DATA, shuffled with
@@ -17,6 +17,7 @@ trained model with 240, 480 and 960 calibration sentences (first 64 rows of DATA
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 import torch
@@ -82,7 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     def row(label: str, factor) -> None:
         per_occupation = (open_margin * (1 - factor(open_margin, open_given))).reshape(len(women), -1).mean(1)
         accuracy = [np.mean((1 if g == "female" else -1) * m * (1 - factor(m, v)) > 0) for g, (m, v) in named.items()]
-        print(f"| {label} | {np.corrcoef(per_occupation, women)[0, 1]:.3f} | {accuracy[0]:.3f} / {accuracy[1]:.3f} |")
+        r = f"{np.corrcoef(per_occupation, women)[0, 1]:.3f}" if per_occupation.std() > 0 else "none (all tied)"
+        print(f"| {label} | {r} | {accuracy[0]:.3f} / {accuracy[1]:.3f} |")
 
     print("| readout (simulated on the he/she pair) | held-out r | accuracy women / men |\n|---|---|---|")
     for cap in (1.0, 0.99, 0.95, 0.9):
@@ -92,6 +94,10 @@ def main(argv: list[str] | None = None) -> None:
             lambda m, v, a=gate_low, b=gate_high: share(v) * np.clip((b - np.abs(m)) / (b - a), 0.0, 1.0))
     # every margin down to 0.01 nats, its sign kept: what r then reads is only which side each prompt prefers
     row("only the preferred side kept (0.01 nats)", lambda m, v: share(v) * np.clip(1 - 0.01 / np.abs(m), 0.0, 1.0))
+    # a tie where the cues say (nearly) open, the cap below; and a tie only where the model's own margin is small
+    for below in (math.inf, 2.0, 1.0):
+        row(f"tied where the share is 0.95 or more{'' if below == math.inf else f' and the margin under {below} nats'}",
+            lambda m, v, b=below: np.where((share(v) >= 0.95) & (np.abs(m) < b), 1.0, 0.99 * share(v)))
 
     if args.refit:
         rows = load_data(args.refit, args.data_dir, seed=0)["train"].shuffle(seed=args.refit_seed)["text"][:cues.FIT_ROWS]

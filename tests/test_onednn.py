@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import crawd
 from conftest import tiny_model
+from crawd import onednn
 from crawd.onednn import ENV_VAR, available, backend, chosen, onednn_linear
 
 pytestmark = pytest.mark.skipif(not available(), reason="oneDNN's linear product needs an x86-64 CPU and a PyTorch built with oneDNN")
@@ -95,10 +96,13 @@ def test_left_alone_off_cpu_float32_and_when_asked(monkeypatch):
         backend()
 
 
-@pytest.mark.parametrize("capability, routed", [("AVX512", True), ("AVX2", False), ("DEFAULT", False)])
-def test_auto_takes_onednn_only_where_the_cpu_has_avx512(monkeypatch, capability, routed):
+@pytest.mark.parametrize("vendor, capability, routed", [
+    ("AuthenticAMD", "AVX512", True), ("AuthenticAMD", "AVX2", False), ("AuthenticAMD", "DEFAULT", False),
+    ("GenuineIntel", "AVX512", False), ("", "AVX512", False)])
+def test_auto_takes_onednn_only_on_an_amd_cpu_with_avx512(monkeypatch, vendor, capability, routed):
     monkeypatch.delenv(ENV_VAR)
     assert backend() == "auto"
+    monkeypatch.setattr(onednn, "cpu_vendor", lambda: vendor)
     monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: capability)
     assert chosen() is routed
     with onednn_linear() as got:

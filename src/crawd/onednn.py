@@ -2,16 +2,17 @@
 
 PyTorch computes a float32 ``F.linear`` on a CPU with MKL's GEMM, which runs its AVX2 code on AMD
 processors: on an AMD EPYC core with AVX-512 it reaches about 95 GFLOP/s, half of what the same core
-gives through oneDNN (about 210 GFLOP/s; ``benchmarks/cpu_linear.py``). On a core without AVX-512
-both run AVX2 code and MKL's is the faster (an AVX2 EPYC: a LoRA step 0.87x as fast through oneDNN),
-so the default route, ``auto``, takes oneDNN only where PyTorch reports AVX-512. Inside
+gives through oneDNN (about 210 GFLOP/s; ``benchmarks/cpu_linear.py``). On an AMD core without AVX-512
+both run AVX2 code, and on an Intel core with AVX-512 MKL runs its AVX-512 code; there MKL's is the faster
+(an AVX2 EPYC and an AVX-512 Xeon: a LoRA step 0.87x as fast through oneDNN), so the default route,
+``auto``, takes oneDNN only on an AMD processor (``/proc/cpuinfo``) for which PyTorch reports AVX-512. Inside
 :func:`onednn_linear`, every float32 CPU ``F.linear`` (every ``nn.Linear``: the base model's
 layers, LoRA's, the heads) and its backward run as oneDNN matrix products instead: the same float32
 arithmetic in another summation order, so results agree with PyTorch's to float rounding (a
 relative 1e-6 on a layer's output), not to the last bit.
 
 crawd's training (:func:`crawd.train.train`) and scoring (:func:`crawd.metrics.run_benchmarks`) run
-inside it. ``CRAWD_CPU_LINEAR`` in the environment chooses: ``auto`` (the default: oneDNN on x86-64
+inside it. ``CRAWD_CPU_LINEAR`` in the environment chooses: ``auto`` (the default: oneDNN on AMD x86-64
 processors with AVX-512), ``onednn`` (on every x86-64 processor), ``torch`` (PyTorch's own kernels).
 oneDNN applies only when this PyTorch has it; elsewhere nothing changes.
 Half precision, autocast, GPUs, tensor subclasses (DTensor, fake tensors) and ``torch.compile``
@@ -96,11 +97,22 @@ def available() -> bool:
             and hasattr(torch.ops.mkldnn, "_linear_pointwise"))
 
 
+@functools.cache
+def cpu_vendor() -> str:
+    """The CPU's vendor as Linux names it (``AuthenticAMD``, ``GenuineIntel``), or "" where unknown."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            return next((line.split(":", 1)[1].strip() for line in info if line.startswith("vendor_id")), "")
+    except OSError:
+        return ""
+
+
 def chosen() -> bool:
-    """Whether :func:`onednn_linear` routes through oneDNN: asked for (``onednn``, or ``auto`` on a CPU for
-    which PyTorch reports AVX-512) and :func:`available`."""
+    """Whether :func:`onednn_linear` routes through oneDNN: asked for (``onednn``, or ``auto`` on an AMD CPU
+    for which PyTorch reports AVX-512: where MKL runs its AVX2 code on AVX-512 units) and :func:`available`."""
     choice = backend()
-    wide = choice == "auto" and torch.backends.cpu.get_cpu_capability().startswith("AVX512")
+    wide = (choice == "auto" and cpu_vendor() == "AuthenticAMD"
+            and torch.backends.cpu.get_cpu_capability().startswith("AVX512"))
     return (choice == "onednn" or wide) and available()
 
 
