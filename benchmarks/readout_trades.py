@@ -7,9 +7,9 @@ On the he/she pair at the last position (the held-out measures' validation half)
 contexts whose cue misses the name (the readout's share is 1: P(cue) at most the ramp's low end), and the
 accuracy (right pronoun more likely) before and after the readout; then, simulated on the same margins, the
 readout's share capped below 1 (it never evens a pair completely, so it never ties one), a margin gate (no
-evening where the model's own he/she margin is large) and ties where the cues say open, each with the accuracy and the held-out prompts' r with
-the share of women (of the mean he/she margin per occupation), and the margins all brought to 0.01 nats with
-their sign kept (so r reads only which side each prompt prefers). ``--refit DATA``: the cues refitted on the
+evening where the model's own he/she margin is large), the margins all brought to 0.01 nats with their sign
+kept (so r reads only which side each prompt prefers) and ties where the cues say open, each with the accuracy
+and the held-out prompts' r with the share of women (of the mean he/she margin per occupation). ``--refit DATA``: the cues refitted on the
 trained model with 240, 480 and 960 calibration sentences (first 64 rows of DATA, shuffled with
 ``--refit-seed`` as training does), and where they fire.
 """
