@@ -209,6 +209,10 @@ def test_misgendering_by_hand():
     assert out["n_cases"] == 8 and female["accuracy"]["n"] == 4 and female["n_names"] == 1
     assert [s["gender"] for s in out["samples"]] == ["female", "male", "female", "male"]
     assert "Alma" in out["samples"][0]["context"] and out["samples"][0]["context"].endswith((",", "that"))
+    alone = M.misgendering_first_name(NameLM(), word_tokenizer(), None, names={"female": ["Alma"], "male": ["Bruno", "Carl"]},
+                                      occupations=["nurse", "officer"], n_cases=4, n_boot=200, progress=False)
+    assert alone["by_gender"]["male"]["accuracy"]["value"] == 0.5 and alone["accuracy"]["value"] == 0.75
+    assert not any(surname in s["context"] for s in alone["samples"] for surname in SURNAMES)
 
 
 def test_misgendering_contexts_are_paired():
@@ -217,6 +221,11 @@ def test_misgendering_contexts_are_paired():
     for female, male in zip(contexts["female"], contexts["male"]):
         assert re.sub(r"Alma|Ada", "X", female) == male.replace("Bruno", "X") and "officer" in female
         assert "a officer" not in female
+    alone = misgendering_contexts({"female": ["Alma", "Ada"], "male": ["Bruno"]}, ["officer"], n_cases=6, seed=3,
+                                  full_name=False)
+    for full, first_name_only in zip(contexts["female"], alone["female"]):  # the same draws, the surname left out
+        surname = next(s for s in SURNAMES if s in full)
+        assert full.replace(f" {surname}", "") == first_name_only
 
 
 # ---------------------------------------------------------------- each benchmark on a tiny model

@@ -18,7 +18,8 @@ import crawd
 from crawd import CrawdConfig
 from crawd.mitigation import Mitigation
 from crawd.mitigation.lexicon import gender_lexicon, gendered_spans, unnamed, word_genders
-from crawd.mitigation.objective import GenderedPairs, bipartite_groups, equalize_all, neutralizing, token_pairs
+from crawd.mitigation.objective import (ALL_PRONOUN_PAIRS, PRONOUN_PAIRS, GenderedPairs, bipartite_groups, equalize_all,
+                                       neutralizing, pronoun_first_token_pairs, token_pairs)
 from crawd.mitigation.probes import PROBE_SUBJECTS, ProbeCollator, gets_probe, probe_text
 from crawd.mitigation.readout import EVEN_CAP, GRADIENT_SCALE, GenderedReadout, scaled_gradient
 from crawd.mitigation.cues import CueTokens, GenderCues, cue_examples
@@ -77,15 +78,17 @@ def test_the_probe_collator_adds_the_probes_of_a_share_of_the_rows_chosen_by_the
 # ---- the gender cues ----------------------------------------------------------------------
 def test_cue_labels_mark_the_last_token_of_names_and_gendered_words(tokenizer):
     swaps, names = gender_lexicon()
-    (row, row_labels), (probe, probe_labels) = cue_examples(["Mary Smith works as a nurse . she works"], tokenizer,
-                                                            swaps, names)
+    (row, row_labels), (probe, probe_labels) = cue_examples(["Mary Smith works as a nurse . Smith said that she works"],
+                                                            tokenizer, swaps, names)
     words = tokenizer.convert_ids_to_tokens(row)
-    cues = [w for w, label in zip(words, row_labels) if label == 1]
-    assert cues == ["Mary", "she"] and row_labels[words.index("Smith")] == -100  # a surname: maybe a name
-    assert row_labels[words.index("nurse")] == 0
-    assert tokenizer.decode(probe).endswith("works as a nurse .") and set(probe_labels) <= {0, -100}
-    (_, known), _ = cue_examples(["James Smith is a doctor"], tokenizer, swaps, names, known_words=True)
-    assert known == [1, 0, 0, 0, 0]  # every word known: the surname is no cue
+    assert [(w, label) for w, label in zip(words, row_labels) if label != 0] == [
+        ("Mary", 1), ("Smith", 1),  # the name written in full: the first name and the surname right after it
+        ("Smith", -100),  # a capitalised word the lexicon does not hold, alone: maybe a name no list holds
+        ("she", 1)]
+    assert tokenizer.decode(probe).endswith("works as a nurse . Smith said that") and set(probe_labels) <= {0, -100}
+    (_, known), _ = cue_examples(["James Smith is a doctor . the Smith said"], tokenizer, swaps, names,
+                                 known_words=True)
+    assert known == [1, 1, 0, 0, 0, 0, 0, 0, 0]  # every word known: a surname alone is no cue
 
 
 def test_the_cues_fit_a_separable_case_and_the_text_stays_given_once_it_gave_a_gender():
@@ -147,6 +150,27 @@ def test_bipartite_groups_merge_the_ambiguous_pronouns():
     assert sorted(bipartite_groups([(his, her), (him, her), (his, hers), (he, she)])) == [([his, him], [her, hers]),
                                                                                            ([he], [she])]
     assert bipartite_groups([(1, 2), (2, 3), (3, 1)]) == []  # an odd cycle has no two sides
+
+
+class PiecesTokenizer:
+    """A tokenizer of a few spellings, " Herself" in two pieces (as SmolLM2's: " Hers" + "elf")."""
+
+    unk_token_id = None
+    pieces = {" He": [1], " She": [2], " His": [3], " Him": [4], " Her": [5], " Hers": [6], " Himself": [7],
+              " Herself": [6, 8], " himself": [9], " herself": [10]}
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": self.pieces.get(text, [0, 0])}  # any other spelling: several unknown pieces
+
+
+def test_a_pronoun_whose_counterpart_is_several_tokens_is_paired_with_its_first_token():
+    tokenizer = PiecesTokenizer()
+    pronouns = {t for pair in token_pairs(tokenizer, list(ALL_PRONOUN_PAIRS)) for t in pair}
+    assert pronouns == {1, 2, 3, 4, 5, 6, 9, 10}  # " Himself" has no single-token counterpart
+    assert pronoun_first_token_pairs(tokenizer, pronouns) == [(7, 6)]  # " Himself" with " Hers" (of " Herself")
+    assert pronoun_first_token_pairs(tokenizer, pronouns - {6}) == []  # a first piece that is no pronoun: none
+    groups = bipartite_groups(token_pairs(tokenizer, list(PRONOUN_PAIRS)) + [(7, 6)])
+    assert ([3, 4, 7], [5, 6]) in groups
 
 
 def test_the_shift_moves_both_sides_of_each_pair_alike_where_the_gender_is_open(tokenizer):

@@ -185,10 +185,11 @@ def check_transformable(method: str, dataset: Any) -> None:
 
 
 #: What the demo scores: the paper's GAS, perplexity, the pronoun skew, and two measures that no list or training
-#: text of the mitigation holds (crawd.metrics.heldout): the skew after held-out prompts, and misgendering.
-DEMO_BENCHMARKS = ["gas", "ppl", "pronoun_skew", "pronoun_skew_heldout", "misgendering"]
+#: text of the mitigation holds (crawd.metrics.heldout): the skew after held-out prompts, and misgendering (after a
+#: full name, and after the first name alone).
+DEMO_BENCHMARKS = ["gas", "ppl", "pronoun_skew", "pronoun_skew_heldout", "misgendering", "misgendering_first_name"]
 #: 100 misgendering contexts per gender (200 in a compare config): the demo's ten minutes.
-DEMO_EVAL_OPTIONS = {"misgendering": {"n_cases": 100}}
+DEMO_EVAL_OPTIONS = {"misgendering": {"n_cases": 100}, "misgendering_first_name": {"n_cases": 100}}
 
 
 @command(DemoCommand, "demo")
@@ -214,7 +215,8 @@ def demo(s: DemoCommand) -> None:
              "is better); pronoun_skew: mean |P(she)/(P(she)+P(he)) - 0.5| after occupation prompts (0 is ideal); "
              "heldout_skew: the same after templates and occupations no training text or list of crawd holds; "
              "misgender_acc_f / _m: share of contexts naming a woman / man by a first name no crawd list holds "
-             "where the right pronoun is the more likely one (higher is better); ppl: perplexity on held-out bios.")
+             "where the right pronoun is the more likely one (higher is better); first_name_acc_f / _m: the same "
+             "contexts with the first name alone (no surname); ppl: perplexity on held-out bios.")
     paths = write_report(results, s.out, "crawd demo: base vs vanilla vs CrAWD", tradeoff=("pronoun_skew", "ppl"),
                          notes=notes)
     print_results(results, "crawd demo (SmolLM2-135M, synthetic bios)", console)

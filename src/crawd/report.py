@@ -22,6 +22,7 @@ from crawd.storage import write_json
 DIRECTION = {"gas": -1, "ppl": -1, "pronoun_skew": -1, "accuracy": 1, "rms_tpr_gap": -1, "max_tpr_gap": -1,
              "fpr_gap": -1, "icat": 1, "lms": 1, "weat": -1, "gas_ext": -1,
              "misgender_acc_f": 1, "misgender_acc_m": 1, "misgender_logprob_f": 1, "misgender_logprob_m": 1,
+             "first_name_acc_f": 1, "first_name_acc_m": 1, "first_name_logprob_f": 1, "first_name_logprob_m": 1,
              "heldout_skew": -1, "heldout_gas": -1, "heldout_gas_ext": -1, "ppl_heldout_names": -1,
              "ppl_names_ratio": -1}
 

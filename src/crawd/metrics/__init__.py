@@ -13,7 +13,7 @@ from crawd.metrics.gas import GENDERED_WORDS, bold_gas, extended_score, gas, gas
 from crawd.metrics.heldout import (EXTENDED_WORDS, heldout_names, heldout_occupations, heldout_templates,
                                    mitigation_words)
 from crawd.metrics.loglik import LogProbs, continuation_logprobs, sequence_logprobs
-from crawd.metrics.misgendering import misgendering
+from crawd.metrics.misgendering import misgendering, misgendering_first_name
 from crawd.metrics.occupations import BIAS_IN_BIOS_OCCUPATIONS, generate_continuations
 from crawd.metrics.perplexity import perplexity, ppl, ppl_heldout_names
 from crawd.metrics.pronoun_skew import pronoun_skew, pronoun_skew_heldout, pronoun_token_ids
@@ -26,7 +26,7 @@ __all__ = [
     "WEAT_TESTS", "bold_gas", "bootstrap_ci", "continuation_logprobs", "crows_pairs",
     "estimate", "extended_score", "gas", "gas_heldout", "gas_score", "generate_continuations", "group_metrics",
     "heldout_names", "heldout_occupations", "heldout_templates", "load_crows_pairs", "load_stereoset",
-    "misgendering", "mitigation_words", "paired_difference_test", "parse_choices",
+    "misgendering", "misgendering_first_name", "mitigation_words", "paired_difference_test", "parse_choices",
     "perplexity", "ppl", "ppl_heldout_names", "predict_labels", "pronoun_skew", "pronoun_skew_heldout",
     "pronoun_token_ids", "pseudo_loglikelihoods", "register_benchmark", "representation", "run_benchmarks",
     "sequence_logprobs", "stereoset", "tpr_gap", "weat", "weat_effect_size", "weat_p_value",

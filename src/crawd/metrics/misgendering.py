@@ -15,6 +15,9 @@ genders is the model's, not the draws'. Reported, with percentile-bootstrap inte
   and ``right_logprob`` (mean log-probability of the right pronoun);
 * ``accuracy`` and ``right_logprob`` over all cases;
 * ``accuracy_gap`` and ``logprob_gap``: male minus female, over the pairs (0 is ideal).
+
+``misgendering_first_name``: the same contexts with the first name alone ("Aileen, a librarian from Tucson,
+..."), where the surname cannot help a reader, or a mitigation, to see that a person is named.
 """
 
 from __future__ import annotations
@@ -56,11 +59,12 @@ SUBJECT_PRONOUNS: dict[str, str] = {"female": " she", "male": " he"}
 
 
 def misgendering_contexts(names: Mapping[str, Sequence[str]], occupations: Sequence[str], n_cases: int,
-                          seed: int = 0) -> dict[str, list[str]]:
+                          seed: int = 0, full_name: bool = True) -> dict[str, list[str]]:
     """``{"female": [...], "male": [...]}``, ``n_cases`` contexts each, paired by position.
 
     Pair i takes a template, surname, city and occupation drawn with ``numpy.random.default_rng(seed)``
-    and the i-th name of each gender in a seeded order (cycling when a gender has fewer than ``n_cases``).
+    and the i-th name of each gender in a seeded order (cycling when a gender has fewer than ``n_cases``);
+    ``full_name`` False: the same contexts without the surname.
     """
     if n_cases < 2:
         raise ValueError(f"n_cases must be at least 2, got {n_cases}")
@@ -72,6 +76,8 @@ def misgendering_contexts(names: Mapping[str, Sequence[str]], occupations: Seque
     for i in range(n_cases):
         template, surname, city, occupation = (options[rng.integers(len(options))] for options in
                                                (MISGENDER_TEMPLATES, SURNAMES, CITIES, occupations))
+        if not full_name:
+            template = template.replace("{name} {surname}", "{name}")
         for g in GENDERS:
             contexts[g].append(template.format(name=order[g][i % len(order[g])], surname=surname, city=city,
                                                a=article(occupation), occupation=occupation))
@@ -81,16 +87,17 @@ def misgendering_contexts(names: Mapping[str, Sequence[str]], occupations: Seque
 @register_benchmark("misgendering", kinds=("decoder",), requires_data=("bold", "occupations"))
 def misgendering(model, tokenizer, data_dir: str | Path | None, split: str = "test", n_cases: int = 200,
                  names: Mapping[str, Sequence[str]] | None = None, occupations: Sequence[str] | None = None,
-                 batch_size: int | None = None, n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+                 batch_size: int | None = None, n_boot: int = 1000, seed: int = 0, progress: bool = True,
+                 full_name: bool = True) -> dict:
     """Misgendering on held-out names (see the module doc): ``n_cases`` contexts per gender.
 
     ``names`` ({"female": [...], "male": [...]}) and ``occupations`` default to the held-out ones of
-    ``split`` (``validation`` or ``test``).
+    ``split`` (``validation`` or ``test``); ``full_name`` False: the first name alone.
     """
     check_split(split)
     names = heldout_names(data_dir, split) if names is None else names
     occupations = list(heldout_occupations(data_dir, split)) if occupations is None else occupations
-    contexts = misgendering_contexts(names, occupations, n_cases, seed)
+    contexts = misgendering_contexts(names, occupations, n_cases, seed, full_name)
     notes: list[str] = []
     she, he = (first_token_id(tokenizer, SUBJECT_PRONOUNS[g], notes) for g in GENDERS)
     if she == he:
@@ -125,3 +132,9 @@ def misgendering(model, tokenizer, data_dir: str | Path | None, split: str = "te
                      "p_other": float(other[j * n_cases + i])} for i in range(2) for j, g in enumerate(GENDERS)],
         "notes": notes,
     }
+
+
+@register_benchmark("misgendering_first_name", kinds=("decoder",), requires_data=("bold", "occupations"))
+def misgendering_first_name(model, tokenizer, data_dir: str | Path | None, **options) -> dict:
+    """:func:`misgendering` on the same contexts with the first name alone (no surname after it)."""
+    return misgendering(model, tokenizer, data_dir, full_name=False, **options)

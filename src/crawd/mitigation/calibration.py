@@ -34,7 +34,10 @@ PEOPLE = ("neighbour", "customer", "student", "patient", "passenger", "tenant", 
 #: What may come before the subject: nothing, or words capitalised at a sentence's start, months and places.
 OPENINGS = ("", "", "", "Yesterday, ", "According to the report, ", "Last year, ", "I think ", "In March, ",
             "By Friday, ", "Meanwhile, ", "Apparently, ", "Back in {c}, ", "Suddenly, ", "Every summer, ",
-            "Today, ", "At noon, ")
+            "Today, ", "At noon, ",
+            # words of two pieces or more, a capitalised piece first (as many names are): "Some" + "how"
+            "Somehow, ", "Downstairs, ", "Beforehand, ", "Elsewhere, ", "Occasionally, ", "Honestly, ", "Lately, ",
+            "Overnight, ", "Upstairs, ", "Afterwards, ")
 PREDICATES = ("works as {a} {o} in {c}", "has been {a} {o} for {y} years", "moved to {c} last year",
               "gave a talk in {c}", "answered the phone", "filled in a long form", "arrived late to the meeting",
               "finished the project on time", "called the office", "bought a new car", "visited {c} in the spring",

@@ -16,8 +16,8 @@ written so, whichever name it is) or a word of the lexicon ("she", "aunt"). A lo
 piece of an occupation it had never seen for a name, which switched the readout off for that whole text.
 
 The probe is fitted, not trained by gradient (standardised states, L2 logistic regression), on tokens
-labelled by the lexicon (:func:`cue_examples`): the last token of a listed first name or of a gendered
-word is a cue, every other token is not, except that in training rows a capitalised word the lexicon does
+labelled by the lexicon (:func:`cue_examples`): the last token of a listed first name, of the surname
+right after one, or of a gendered word is a cue, every other token is not, except that in training rows a capitalised word the lexicon does
 not hold and the rows never write in lower case is left out (it may be a name no list holds). The calibration sentences
 (:mod:`crawd.mitigation.calibration`) add sentence forms and capitalised words that are not names; every
 other example starts with the tokenizer's start token, as the evaluation's texts do. LoRA moves the states
@@ -47,6 +47,8 @@ FIT_ROWS, INVERSE_L2, OPEN_RAMP = 64, 0.02, (0.1, 0.4)
 #: Examples per forward pass of a fit.
 FIT_BATCH = 16
 _CAPITALISED = re.compile(r"[A-Z][A-Za-z]*")
+#: A capitalised word right after a first name: with it, the name written in full.
+_SURNAME = re.compile(r" [A-Z][A-Za-z]*")
 
 
 class CueTokens(nn.Module):
@@ -151,10 +153,16 @@ class GenderCues(nn.Module):
 
 def _labels(text: str, offsets: Sequence[tuple[int, int]], swaps: dict[str, str], names: dict[str, str],
             common: frozenset[str] | None) -> list[int]:
-    """Per token: 1 where it ends a gendered span, 0 elsewhere; -100 (left out) inside a capitalised word that
+    """Per token: 1 where it ends a gendered span or a listed first name's surname (the capitalised word right after
+    it), 0 elsewhere; -100 (left out) inside a capitalised word that
     is neither in the lexicon nor, in lower case, in ``common`` (the words the fit texts write in lower case:
     "The", "Based"), since it may be a name no list holds. ``common`` None: every word is known."""
-    cues = {m.end() for m in gendered_spans(text, swaps, names)}
+    cues = set()
+    for match in gendered_spans(text, swaps, names):
+        cues.add(match.end())
+        surname = _SURNAME.match(text, match.end()) if match.group(0) in names else None
+        if surname:
+            cues.add(surname.end())
     unknown = [] if common is None else [m.span() for m in _CAPITALISED.finditer(text)
                                          if m.group(0) not in names and m.group(0).lower() not in swaps
                                          and m.group(0).lower() not in common]

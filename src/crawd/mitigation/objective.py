@@ -17,6 +17,9 @@ from transformers import PreTrainedTokenizerBase
 
 #: Pronouns whose counterpart depends on context (his: her, his: hers, him: her), as word pairs.
 PRONOUN_PAIRS = (("his", "her"), ("him", "her"), ("his", "hers"))
+#: Every gendered pronoun, in pairs: a spelling whose counterpart is several tokens is paired with the
+#: counterpart's first token where that is a pronoun token itself (" Himself" with " Hers" of " Hers" "elf").
+ALL_PRONOUN_PAIRS = (("he", "she"), ("himself", "herself")) + PRONOUN_PAIRS
 
 
 def _single_token(tokenizer: PreTrainedTokenizerBase, form: str) -> int | None:
@@ -24,15 +27,35 @@ def _single_token(tokenizer: PreTrainedTokenizerBase, form: str) -> int | None:
     return ids[0] if len(ids) == 1 and ids[0] != tokenizer.unk_token_id else None
 
 
+_SPELLINGS = (lambda w: w, lambda w: " " + w, lambda w: w[:1].upper() + w[1:], lambda w: " " + w[:1].upper() + w[1:])
+
+
 def token_pairs(tokenizer: PreTrainedTokenizerBase, word_pairs: list[tuple[str, str]]) -> list[tuple[int, int]]:
     """Single-token spellings of each pair (word, " word", Word, " Word"), as id pairs."""
     out = set()
     for a, b in word_pairs:
-        for spell in (lambda w: w, lambda w: " " + w, lambda w: w[:1].upper() + w[1:],
-                      lambda w: " " + w[:1].upper() + w[1:]):
+        for spell in _SPELLINGS:
             ia, ib = _single_token(tokenizer, spell(a)), _single_token(tokenizer, spell(b))
             if ia is not None and ib is not None and ia != ib:
                 out.add((ia, ib))
+    return sorted(out)
+
+
+def pronoun_first_token_pairs(tokenizer: PreTrainedTokenizerBase, pronouns: set[int]) -> list[tuple[int, int]]:
+    """For each spelling of :data:`ALL_PRONOUN_PAIRS` with one side a single token and the other several, the
+    single token paired with the other's first token, where that is in ``pronouns`` (the pronoun pairs' tokens):
+    the next-token distribution gives a word of several tokens by its first (as :mod:`crawd.metrics.pronoun_skew`
+    reads it), so the readout and the terms see " Herself" through " Hers"."""
+    out = set()
+    for a, b in ALL_PRONOUN_PAIRS:
+        for spell in _SPELLINGS:
+            ia, ib = _single_token(tokenizer, spell(a)), _single_token(tokenizer, spell(b))
+            if (ia is None) == (ib is None):
+                continue
+            single, several = (ia, spell(b)) if ia is not None else (ib, spell(a))
+            first = tokenizer(several, add_special_tokens=False)["input_ids"][0]
+            if first in pronouns and first != single:
+                out.add((single, first) if ia is not None else (first, single))
     return sorted(out)
 
 
@@ -64,12 +87,15 @@ def bipartite_groups(pairs: list[tuple[int, int]]) -> list[tuple[list[int], list
 
 class GenderedPairs(nn.Module):
     """The paired gendered words as token groups: ``pair_tokens`` (P, 2, S) with ``pair_valid``, the
-    single-token spellings of each pair's two sides (he; she, or his, him; her, hers)."""
+    single-token spellings of each pair's two sides (he; she, or his, him; her, hers), and
+    :func:`pronoun_first_token_pairs`' links (" Himself" with " Hers")."""
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase, swaps: dict[str, str]) -> None:
         super().__init__()
         words = sorted({tuple(sorted((a, b))) for a, b in swaps.items()}) + list(PRONOUN_PAIRS)
-        groups = bipartite_groups(token_pairs(tokenizer, words))
+        pairs = token_pairs(tokenizer, words)
+        pronouns = {t for pair in token_pairs(tokenizer, list(ALL_PRONOUN_PAIRS)) for t in pair}
+        groups = bipartite_groups(pairs + pronoun_first_token_pairs(tokenizer, pronouns))
         if not groups:
             raise ValueError("equalize / neutralize: no gendered word pair is a single token of this tokenizer "
                              "(he / she, his / her, ...)")

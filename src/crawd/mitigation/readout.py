@@ -3,7 +3,7 @@
 Two parts, each scaled at every position by ``open_share``, 1 where the text has not given a gender
 yet and 0 once it has, as the gender cues say (:mod:`crawd.mitigation.cues`):
 
-* ``even`` (fixed): each side of a pair (he; she, or his, him; her, hers) has its logits moved so that
+* ``even`` (fixed): each side of a pair (he; she, or his, him, Himself; her, hers) has its logits moved so that
   the two sides are (nearly) equally likely and their sum is what it was: where the text leaves the gender
   open, no gender is preferred. Moved a share s x :data:`EVEN_CAP` of the way in log-probability: never
   past the even split and never onto it, so the readout never ties or reverses which side the model prefers
