@@ -209,7 +209,8 @@ def test_misgendering_by_hand():
     assert out["n_cases"] == 8 and female["accuracy"]["n"] == 4 and female["n_names"] == 1
     assert [s["gender"] for s in out["samples"]] == ["female", "male", "female", "male"]
     assert "Alma" in out["samples"][0]["context"] and out["samples"][0]["context"].endswith((",", "that"))
-    alone = M.misgendering_first_name(NameLM(), word_tokenizer(), None, names={"female": ["Alma"], "male": ["Bruno", "Carl"]},
+    alone = M.misgendering_first_name(NameLM(), word_tokenizer(), None,
+                                      names={"female": ["Alma"], "male": ["Bruno", "Carl"]},
                                       occupations=["nurse", "officer"], n_cases=4, n_boot=200, progress=False)
     assert alone["by_gender"]["male"]["accuracy"]["value"] == 0.5 and alone["accuracy"]["value"] == 0.75
     assert not any(surname in s["context"] for s in alone["samples"] for surname in SURNAMES)

@@ -6,7 +6,7 @@ whatever name gave it. A list of names cannot tell that; the model can: a token'
 body's lower layers says what the token is, and for a first name, which gender it carries.
 :class:`GenderCues` is a linear probe of the state entering one body layer (default at a third of the
 depth: layer 10 of SmolLM2's 30, chosen on validation) that gives each token P(it gives a gender: it ends a
-first name or a gendered word). A text has given a gender at position i in the measure of the largest such
+first name, a full name or a gendered word). A text has given a gender at position i in the measure of the largest such
 probability up to i (:meth:`GenderCues.given`, carried across cached generation), and the readout acts
 with the share ``open_share`` = a ramp of one minus it (:data:`OPEN_RAMP`).
 
@@ -17,9 +17,11 @@ piece of an occupation it had never seen for a name, which switched the readout 
 
 The probe is fitted, not trained by gradient (standardised states, L2 logistic regression), on tokens
 labelled by the lexicon (:func:`cue_examples`): the last token of a listed first name, of the surname
-right after one, or of a gendered word is a cue, every other token is not, except that in training rows a capitalised word the lexicon does
-not hold and the rows never write in lower case is left out (it may be a name no list holds). The calibration sentences
-(:mod:`crawd.mitigation.calibration`) add sentence forms and capitalised words that are not names; every
+right after one (the name written in full: so the probe learns that a person is named, not only which
+first names it was shown) or of a gendered word is a cue, every other token is not, except that in
+training rows a capitalised word the lexicon does not hold and the rows never write in lower case is left
+out (it may be a name no list holds). The calibration sentences (:mod:`crawd.mitigation.calibration`) add
+sentence forms and capitalised words that are not names; every
 other example starts with the tokenizer's start token, as the evaluation's texts do. LoRA moves the states
 while it trains, so the probe is fitted before training and again every ``gender_cue_refit_steps``
 steps (:class:`CueCallback`). The names it is fitted with are the lexicon's; the evaluation measures it on
@@ -153,10 +155,10 @@ class GenderCues(nn.Module):
 
 def _labels(text: str, offsets: Sequence[tuple[int, int]], swaps: dict[str, str], names: dict[str, str],
             common: frozenset[str] | None) -> list[int]:
-    """Per token: 1 where it ends a gendered span or a listed first name's surname (the capitalised word right after
-    it), 0 elsewhere; -100 (left out) inside a capitalised word that
-    is neither in the lexicon nor, in lower case, in ``common`` (the words the fit texts write in lower case:
-    "The", "Based"), since it may be a name no list holds. ``common`` None: every word is known."""
+    """Per token: 1 where it ends a gendered span or a listed first name's surname (the capitalised word right
+    after it), 0 elsewhere; -100 (left out) inside a capitalised word that is neither in the lexicon nor, in
+    lower case, in ``common`` (the words the fit texts write in lower case: "The", "Based"), since it may be a
+    name no list holds. ``common`` None: every word is known."""
     cues = set()
     for match in gendered_spans(text, swaps, names):
         cues.add(match.end())
