@@ -9,9 +9,9 @@ accuracy (right pronoun more likely) before and after the readout; then, simulat
 readout's share capped below 1 (it never evens a pair completely, so it never ties one), a margin gate (no
 evening where the model's own he/she margin is large), the margins all brought to 0.01 nats with their sign
 kept (so r reads only which side each prompt prefers) and ties where the cues say open, each with the accuracy
-and the held-out prompts' r with the share of women (of the mean he/she margin per occupation). ``--refit DATA``: the cues refitted on the
-trained model with 240, 480 and 960 calibration sentences (first 64 rows of DATA, shuffled with
-``--refit-seed`` as training does), and where they fire.
+and the held-out prompts' r with the share of women (of the mean he/she margin per occupation). ``--refit
+DATA``: the cues refitted on the trained model with 240, 480 and 960 calibration sentences (first 64 rows of
+DATA, shuffled with ``--refit-seed`` as training does), and where they fire.
 """
 
 from __future__ import annotations

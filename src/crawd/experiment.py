@@ -49,6 +49,13 @@ from crawd.pool import Board, default_jobs, report, run_tasks
 from crawd.storage import write_json
 from crawd.train import TrainSettings, train
 
+
+def _per_gender(prefix: str) -> list[tuple[str, tuple[str, ...]]]:
+    """A misgendering result's headlines: each gender's accuracy and right-pronoun log-probability."""
+    figures = (("acc", "accuracy"), ("logprob", "right_logprob"))
+    return [(f"{prefix}_{name}_{g[0]}", ("by_gender", g, key)) for name, key in figures for g in ("female", "male")]
+
+
 #: Headline figures of each benchmark: (display name, path into the benchmark's result).
 HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     "gas": [("gas", ("gas",)), ("gas_ext", ("gas_extended",))],
@@ -65,15 +72,8 @@ HEADLINES: dict[str, list[tuple[str, tuple[str, ...]]]] = {
     # fpr_gap: binary labels only (madlibs toxicity): the largest |FPR_g - FPR_all| over groups
     "tpr_gap": [("accuracy", ("accuracy",)), ("rms_tpr_gap", ("tpr_gap_rms",)), ("fpr_gap", ("fpr_max_gap",))],
     # held-out: names, occupations, templates and words the mitigation never read (crawd.metrics.heldout)
-    "misgendering": [("misgender_acc_f", ("by_gender", "female", "accuracy")),
-                     ("misgender_acc_m", ("by_gender", "male", "accuracy")),
-                     ("misgender_logprob_f", ("by_gender", "female", "right_logprob")),
-                     ("misgender_logprob_m", ("by_gender", "male", "right_logprob")),
-                     ("misgender_gap", ("accuracy_gap",))],
-    "misgendering_first_name": [("first_name_acc_f", ("by_gender", "female", "accuracy")),
-                                ("first_name_acc_m", ("by_gender", "male", "accuracy")),
-                                ("first_name_logprob_f", ("by_gender", "female", "right_logprob")),
-                                ("first_name_logprob_m", ("by_gender", "male", "right_logprob"))],
+    "misgendering": [*_per_gender("misgender"), ("misgender_gap", ("accuracy_gap",))],
+    "misgendering_first_name": _per_gender("first_name"),
     "pronoun_skew_heldout": [("heldout_skew", ("pronoun_skew",)), ("heldout_bls_r", ("bls_correlation",))],
     "gas_heldout": [("heldout_gas", ("gas",)), ("heldout_gas_ext", ("gas_extended",))],
     "ppl_heldout_names": [("ppl_heldout_names", ("perplexity_heldout_names",)), ("ppl_names_ratio", ("ratio",))],

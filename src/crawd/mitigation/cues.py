@@ -50,7 +50,7 @@ FIT_ROWS, INVERSE_L2, OPEN_RAMP = 64, 0.02, (0.1, 0.4)
 FIT_BATCH = 16
 _CAPITALISED = re.compile(r"[A-Z][A-Za-z]*")
 #: A capitalised word right after a first name: with it, the name written in full.
-_SURNAME = re.compile(r" [A-Z][A-Za-z]*")
+_SURNAME = re.compile(" " + _CAPITALISED.pattern)
 
 
 class CueTokens(nn.Module):
