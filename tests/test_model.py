@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import batch, tiny_model
 from peft import PeftModel
+from safetensors.torch import load_file, save_file
 
 import crawd
 from crawd import CrawdConfig
@@ -137,6 +138,11 @@ def test_load_refuses_other_base_pickles_and_corruption(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="saved for another base model"):
         crawd.load(tiny_model("gpt2"), tokenizer, tmp_path)
     weights = tmp_path / "crawd_adapter.safetensors"
+    tensors = load_file(weights)
+    name = next(iter(tensors))
+    save_file({**tensors, name: torch.zeros(3)}, weights)  # a weight of another shape (another version's)
+    with pytest.raises(ValueError, match=rf"does not match this model \(saved by another version.*{name} \(3,\)"):
+        crawd.load(tiny_model("llama"), tokenizer, tmp_path)
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(ValueError, match="corrupt or truncated"):
         crawd.load(tiny_model("llama"), tokenizer, tmp_path)

@@ -33,6 +33,12 @@ def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: s
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise ValueError(f"adapter {directory} does not match this model: missing {missing[:3]}, unexpected {extra[:3]}")
+    shapes = {k: v.shape for k, v in model.trainable_state_dict().items()}
+    wrong = [f"{k} {tuple(t.shape)} (this model: {tuple(shapes[k])})" for k, t in tensors.items()
+             if t.shape != shapes[k]]
+    if wrong:
+        raise ValueError(f"adapter {directory} does not match this model (saved by another version of crawd? train it "
+                         f"again): {', '.join(wrong[:3])}")
     model.load_state_dict(tensors, strict=False)
     return model
 
