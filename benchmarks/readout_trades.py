@@ -3,14 +3,13 @@
     python benchmarks/readout_trades.py runs/neutral-seed0/adapter --data-dir ../shared/data   # validation half
     python benchmarks/readout_trades.py ADAPTER --refit bold-people --refit-seed 2            # own-data adapter
 
-On the he/she pair at the last position (the held-out measures' validation half): per gender, after a full name
-and after a first name alone, the misgendering contexts whose cue misses the name (the readout's share is 1:
-P(cue) at most the ramp's low end), and the accuracy (right pronoun more likely) before and after the readout;
-then, simulated on the same margins, the shipped rule (a tie where the cues are sure the gender is open, the
-share capped below 1 elsewhere), other tie thresholds, the share capped (no tie anywhere) or not, a margin gate
-(no evening where the model's own he/she margin is large) and the margins all brought to 0.01 nats with their
-sign kept (so r reads only which side each prompt prefers), each with the accuracies and the held-out prompts'
-r with the share of women (of the mean he/she margin per occupation). ``--refit
+On the he/she pair at the last position (the held-out measures' validation half): per gender, the misgendering
+contexts whose cue misses the name (the readout's share is 1: P(cue) at most the ramp's low end), and the
+accuracy (right pronoun more likely) before and after the readout; then, simulated on the same margins, the
+readout's share capped below 1 (it never evens a pair completely, so it never ties one), a margin gate (no
+evening where the model's own he/she margin is large), the margins all brought to 0.01 nats with their sign
+kept (so r reads only which side each prompt prefers) and ties where the cues say open, each with the accuracy
+and the held-out prompts' r with the share of women (of the mean he/she margin per occupation). ``--refit
 DATA``: the cues refitted on the trained model with 240, 480 and 960 calibration sentences (first 64 rows of
 DATA, shuffled with ``--refit-seed`` as training does), and where they fire.
 """
@@ -18,6 +17,7 @@ DATA, shuffled with ``--refit-seed`` as training does), and where they fire.
 from __future__ import annotations
 
 import argparse
+import math
 
 import numpy as np
 import torch
@@ -28,7 +28,6 @@ from crawd.metrics.misgendering import GENDERS, SUBJECT_PRONOUNS, misgendering_c
 from crawd.metrics.pronoun_skew import first_token_id
 from crawd.mitigation import calibration, cues
 from crawd.mitigation.probes import padded
-from crawd.mitigation.readout import EVEN_CAP
 from where_cues_fire import load_neutral  # this folder's
 
 
@@ -68,44 +67,37 @@ def main(argv: list[str] | None = None) -> None:
     templates = heldout_templates("validation")
     prompts = [t.format(occupation=o) for o in occupations for t in templates]
     women = np.array(list(occupations.values()))
-    names = heldout_names(args.data_dir, "validation")
-    contexts = {f"{kind} {g}": texts for kind, full in (("full name", True), ("first name", False))
-                for g, texts in misgendering_contexts(names, list(occupations), args.n_cases, full_name=full).items()}
+    contexts = misgendering_contexts(heldout_names(args.data_dir, "validation"), list(occupations), args.n_cases)
 
     def measure() -> tuple[tuple[np.ndarray, np.ndarray], dict[str, tuple[np.ndarray, np.ndarray]]]:
-        named = {key: margins(model, tokenizer, texts) for key, texts in contexts.items()}
-        return margins(model, tokenizer, prompts), named
-
-    def shipped_rule(m: np.ndarray, v: np.ndarray) -> np.ndarray:
-        return np.where(v < cues.SURELY_OPEN, 1.0, EVEN_CAP * share(v))
+        return margins(model, tokenizer, prompts), {g: margins(model, tokenizer, contexts[g]) for g in GENDERS}
 
     (open_margin, open_given), named = measure()
     low, high = cues.OPEN_RAMP
-    for key, (margin, given) in named.items():
-        sign = 1 if key.endswith("female") else -1
-        print(f"{key}: cue misses the name (share 1) in {np.mean(given <= low):.1%} of {len(given)} contexts; "
+    for g, (margin, given) in named.items():
+        sign = 1 if g == "female" else -1
+        print(f"{g}: cue misses the name (share 1) in {np.mean(given <= low):.1%} of {len(given)} contexts; "
               f"accuracy {np.mean(sign * margin > 0):.3f} before the readout, "
-              f"{np.mean(sign * margin * (1 - shipped_rule(margin, given)) > 0):.3f} after")
+              f"{np.mean(sign * margin * (1 - share(given)) > 0):.3f} after")
 
     def row(label: str, factor) -> None:
         per_occupation = (open_margin * (1 - factor(open_margin, open_given))).reshape(len(women), -1).mean(1)
-        accuracy = [np.mean((1 if k.endswith("female") else -1) * m * (1 - factor(m, v)) > 0)
-                    for k, (m, v) in named.items()]
+        accuracy = [np.mean((1 if g == "female" else -1) * m * (1 - factor(m, v)) > 0) for g, (m, v) in named.items()]
         r = f"{np.corrcoef(per_occupation, women)[0, 1]:.3f}" if per_occupation.std() > 0 else "none (all tied)"
-        print(f"| {label} | {r} | {accuracy[0]:.3f} / {accuracy[1]:.3f} | {accuracy[2]:.3f} / {accuracy[3]:.3f} |")
+        print(f"| {label} | {r} | {accuracy[0]:.3f} / {accuracy[1]:.3f} |")
 
-    print("| readout (simulated on the he/she pair) | held-out r | accuracy women / men | first name alone |\n"
-          "|---|---|---|---|")
-    row(f"shipped (tied below {cues.SURELY_OPEN}, share capped at {EVEN_CAP} above)", shipped_rule)
-    for cap in (1.0, EVEN_CAP):
+    print("| readout (simulated on the he/she pair) | held-out r | accuracy women / men |\n|---|---|---|")
+    for cap in (1.0, 0.99, 0.95, 0.9):
         row(f"share capped at {cap}", lambda m, v, c=cap: c * share(v))
-    for below in (0.03, 0.1):
-        row(f"tied below {below}, capped above", lambda m, v, b=below: np.where(v < b, 1.0, EVEN_CAP * share(v)))
     for gate_low, gate_high in ((2.0, 3.0), (3.0, 4.0)):
         row(f"no evening beyond a margin of {gate_low}-{gate_high} nats",
             lambda m, v, a=gate_low, b=gate_high: share(v) * np.clip((b - np.abs(m)) / (b - a), 0.0, 1.0))
     # every margin down to 0.01 nats, its sign kept: what r then reads is only which side each prompt prefers
     row("only the preferred side kept (0.01 nats)", lambda m, v: share(v) * np.clip(1 - 0.01 / np.abs(m), 0.0, 1.0))
+    # a tie where the cues say (nearly) open, the cap below; and a tie only where the model's own margin is small
+    for below in (math.inf, 2.0, 1.0):
+        row(f"tied where the share is 0.95 or more{'' if below == math.inf else f' and the margin under {below} nats'}",
+            lambda m, v, b=below: np.where((share(v) >= 0.95) & (np.abs(m) < b), 1.0, 0.99 * share(v)))
 
     if args.refit:
         rows = load_data(args.refit, args.data_dir, seed=0)["train"].shuffle(seed=args.refit_seed)["text"][:cues.FIT_ROWS]
@@ -118,8 +110,8 @@ def main(argv: list[str] | None = None) -> None:
                 cues.calibration_sentences = lambda c=count: shipped(count=c)
                 mitigation.fit_cues(model, cues.fit_examples(ids, tokenizer, mitigation.swaps, mitigation.names), pad)
                 (_, open_given), named = measure()
-                men, wom = (np.mean(named[f"full name {g}"][1] < high) for g in ("male", "female"))
-                print(f"| {count} | {np.mean(open_given > low):.1%} | {men:.1%} / {wom:.1%} |")
+                print(f"| {count} | {np.mean(open_given > low):.1%} | {np.mean(named['male'][1] < high):.1%} / "
+                      f"{np.mean(named['female'][1] < high):.1%} |")
         finally:
             cues.calibration_sentences = shipped
 

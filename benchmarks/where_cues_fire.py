@@ -28,9 +28,7 @@ from crawd.onednn import onednn_linear
 
 @torch.no_grad()
 def cue_probabilities(model, tokenizer, texts: list[str], batch: int = 32) -> list[tuple[list[int], list[float]]]:
-    """(ids, the cue of each token as the readout counts it (crawd.mitigation.cues.GenderCues; 0 where a token may
-    not be a cue, CueTokens), of each text after the start token; a text's last token counts by its own state
-    alone."""
+    """(ids, P(cue) per token, 0 where a token may not be a cue: CueTokens) of each text after the start token."""
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     out = []
     for i in range(0, len(texts), batch):
@@ -38,13 +36,7 @@ def cue_probabilities(model, tokenizer, texts: list[str], batch: int = 32) -> li
         ids, mask = padded(encoded, 0), padded([[1] * len(e) for e in encoded], 0)
         with onednn_linear(), model.mitigation.capturing(stop=True) as captured:
             model.encode(ids, mask)
-        cues = model.mitigation.cues
-        # the paired probe's P(cue) of a token is read at the token after it: a text's last token has none (0)
-        after = cues.paired.probabilities(cues.features(captured.states))[:, 1:] * mask[:, 1:]
-        own = cues.own.probabilities(captured.states)
-        paired = torch.cat([after, torch.zeros_like(after[:, :1])], 1)
-        p = torch.maximum(paired, torch.where(own >= OPEN_RAMP[1], own, 0.0))
-        p = p * model.mitigation.cue_tokens.may_cue(ids)
+        p = model.mitigation.cues.probabilities(captured.states) * model.mitigation.cue_tokens.may_cue(ids)
         out += [(e, p[row, :len(e)].tolist()) for row, e in enumerate(encoded)]
     return out
 

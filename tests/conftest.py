@@ -29,7 +29,7 @@ WORDS = (
     "[PAD] [UNK] [EOS] the a he she his her him hers man woman nurse engineer doctor teacher said that is "
     "was and works as in of to with studied . , they gay straight young old black white rich poor muslim "
     "christian jewish fat thin disabled abled asian european american mexican client after meeting "
-    "Mary Sarah James John Smith person someone The"
+    "Mary Sarah James John Smith person someone"
 ).split()
 
 DECODER_CONFIGS = {

@@ -88,8 +88,8 @@ class CrawdConfig:
         probe_share: the share of a batch's rows that get a probe, in (0, 1] (the probe terms are
             means over probes: fewer probes give the same expected term at a lower cost per step).
         gender_cue_layer: the readout acts until the text has given a gender, as a linear probe of each
-            token's state and the next token's entering this body layer says
-            (:class:`crawd.mitigation.cues.GenderCues`); ``None``: the layer at a third of the depth.
+            token's state entering this body layer says (:class:`crawd.mitigation.cues.GenderCues`);
+            ``None``: the layer at a third of the depth.
         gender_cue_refit_steps: fit that probe again every this many steps while LoRA moves (0: once,
             before training; 40 and 20 gave the same validation figures, docs/results.md).
         erase: fit a LEACE eraser of the sensitive attribute on the training rows' last hidden

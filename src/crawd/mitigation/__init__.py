@@ -25,7 +25,7 @@ from crawd.mitigation.lexicon import gender_lexicon, word_genders
 from crawd.mitigation.objective import GenderedPairs, equalize_all, neutralizing
 from crawd.mitigation.probes import PROBE_KEYS, ProbeCollator, padded
 from crawd.mitigation.readout import GenderedReadout
-from crawd.mitigation.cues import FIT_BATCH, FIT_ROWS, SURELY_OPEN, CueCallback, CueTokens, GenderCues, fit_examples
+from crawd.mitigation.cues import FIT_BATCH, FIT_ROWS, CueCallback, CueTokens, GenderCues, fit_examples
 
 __all__ = ["PROBE_KEYS", "CueInput", "Mitigation", "MitigatedLMOutput"]
 
@@ -117,15 +117,13 @@ class Mitigation(nn.Module):
         that may be cues), from ``cue_input`` of the same positions (``mask``: the valid ones; ``state``: what
         cached generation carries)."""
         n = mask.shape[1]
-        return self.cues.given(cue_input.states[:, :n], mask, self.cue_tokens.may_cue(cue_input.ids[:, -n:], state),
-                               state)
+        # every token is a cue until the first fit: a fresh model is exactly its base
+        may_cue = self.cue_tokens.may_cue(cue_input.ids[:, -n:], state) if self.cues.fitted else None
+        return self.cues.given(cue_input.states[:, :n], mask, state, may_cue)
 
-    def open_share(self, cue_input: CueInput, mask: torch.Tensor,
-                   state: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n) twice: the readout's share at each position (:meth:`given`, through the ramp) and where it ties
-        the pairs (:data:`crawd.mitigation.cues.SURELY_OPEN`)."""
-        given = self.given(cue_input, mask, state)
-        return self.cues.open_share(given), given < SURELY_OPEN
+    def open_share(self, cue_input: CueInput, mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """(B, n): the readout's share at each position (:meth:`given`, through the ramp)."""
+        return self.cues.open_share(self.given(cue_input, mask, state))
 
     def correct(self, hidden: torch.Tensor, logits: torch.Tensor, cue_input: CueInput | None, mask: torch.Tensor,
                 state: dict | None = None) -> torch.Tensor:
@@ -137,7 +135,7 @@ class Mitigation(nn.Module):
             raise RuntimeError("the gendered-word readout needs the token ids and the cue layer's input of these "
                                "positions (encode inside Mitigation.capturing(ids))")
         n = hidden.shape[1]
-        return self.readout(hidden, logits, *self.open_share(cue_input, mask[:, :n], state))
+        return self.readout(hidden, logits, self.open_share(cue_input, mask[:, :n], state))
 
     # ---- training ---------------------------------------------------------------------------
     @property
@@ -166,8 +164,8 @@ class Mitigation(nn.Module):
                 probe_out, probe_cues = model.encode_tracked(probe_input_ids, probe_attention_mask)
                 hidden = probe_out.last_hidden_state
                 before = model.head_logits(hidden, probe_attention_mask)
-                share, tied = self.open_share(probe_cues, probe_attention_mask)
-            shifted = self.readout(hidden, before, share, tied)
+                share = self.open_share(probe_cues, probe_attention_mask)
+            shifted = self.readout(hidden, before, share)
             terms = self.neutralize * neutralizing(self.pairs, shifted, probe_attention_mask, share,
                                                    self.probe_share * len(input_ids))
             loss = loss + terms
@@ -192,7 +190,7 @@ class Mitigation(nn.Module):
         off, and each forward pass stops at that layer."""
         was_training = model.training
         model.eval()
-        own, paired = ([], []), ([], [])  # (features, labels) of each probe
+        states, labels = [], []
         examples = sorted(examples, key=lambda e: len(e[0]))
         try:
             device = next(model.parameters()).device
@@ -204,14 +202,7 @@ class Mitigation(nn.Module):
                 with self.capturing(stop=True) as captured:
                     model.encode(ids, mask)
                 keep = wanted != -100
-                own[0].append(captured.states[keep].float()), own[1].append(wanted[keep])
-                # the paired probe: each token's label at the position after it, where it is read, and only for
-                # tokens that may be cues, as only they count
-                after = wanted.masked_fill(~self.cue_tokens.may_cue(ids), -100)
-                after = torch.cat([torch.full_like(after[:, :1], -100), after[:, :-1]], 1).masked_fill(mask == 0, -100)
-                keep = after != -100
-                paired[0].append(self.cues.features(captured.states)[keep].float()), paired[1].append(after[keep])
-            for probe, (features, labels) in ((self.cues.own, own), (self.cues.paired, paired)):
-                probe.fit(torch.cat(features), torch.cat(labels))
+                states.append(captured.states[keep].float()), labels.append(wanted[keep])
+            self.cues.fit(torch.cat(states), torch.cat(labels))
         finally:
             model.train(was_training)

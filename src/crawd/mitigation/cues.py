@@ -4,14 +4,11 @@ The readout (:mod:`crawd.mitigation.readout`) should act where a text leaves the
 ("The nurse said that") and not once it has given it ("Priyanka Patel is a nurse. Every morning,"),
 whatever name gave it. A list of names cannot tell that; the model can: a token's hidden state in the
 body's lower layers says what the token is, and for a first name, which gender it carries.
-:class:`GenderCues` is a linear probe of the states entering one body layer (default at a third of the
+:class:`GenderCues` is a linear probe of the state entering one body layer (default at a third of the
 depth: layer 10 of SmolLM2's 30, chosen on validation) that gives each token P(it gives a gender: it ends a
-first name, a full name or a gendered word), read from the token's state and the next token's: the word after
-a capitalised word says whether it was a name ("Ray took a job", "Halfway through the lecture"). A text has
-given a gender at position i in the measure of the largest such probability of the tokens before i
-(:meth:`GenderCues.given`, carried across cached generation), and the readout acts with the share
-``open_share`` = a ramp of one minus it (:data:`OPEN_RAMP`), evening all the way where it is under
-:data:`SURELY_OPEN`.
+first name, a full name or a gendered word). A text has given a gender at position i in the measure of the largest such
+probability up to i (:meth:`GenderCues.given`, carried across cached generation), and the readout acts
+with the share ``open_share`` = a ramp of one minus it (:data:`OPEN_RAMP`).
 
 Only a token that can give a gender counts (:class:`CueTokens`): one inside a capitalised word (a name is
 written so, whichever name it is) or a word of the lexicon ("she", "aunt"). A lowercase word that is neither
@@ -49,9 +46,6 @@ from crawd.mitigation.probes import encode, probe_text
 #: Training rows the probe is fitted on, its L2 strength, and the ramp from "given" to the readout's share
 #: (1 below the first value, 0 above the second): chosen on validation.
 FIT_ROWS, INVERSE_L2, OPEN_RAMP = 64, 0.02, (0.1, 0.4)
-#: Below this "given" the text has surely given no gender and the readout evens a pair all the way (a tie):
-#: chosen on validation.
-SURELY_OPEN = 0.06
 #: Examples per forward pass of a fit.
 FIT_BATCH = 16
 _CAPITALISED = re.compile(r"[A-Z][A-Za-z]*")
@@ -98,84 +92,44 @@ class CueTokens(nn.Module):
         return capitalised | self.word[ids]
 
 
-class LinearProbe(nn.Module):
-    """P(label 1) of a feature vector (n,): ``sigmoid(w . (x - mean) / scale + b)``, fitted by L2 logistic
-    regression on standardised features; all buffers, saved with the adapter."""
-
-    def __init__(self, size: int) -> None:
-        super().__init__()
-        self.register_buffer("mean", torch.zeros(size))
-        self.register_buffer("scale", torch.ones(size))
-        self.register_buffer("weight", torch.zeros(size))
-        self.register_buffer("bias", torch.zeros(()))
-
-    @torch.no_grad()
-    def probabilities(self, features: torch.Tensor) -> torch.Tensor:
-        """(...,) of features (..., n)."""
-        # A product and a sum, not `@`: a matrix-vector product's kernel (and so its last bits) depends on how
-        # many tokens there are, and cached generation, a token at a time, must give what the whole text does.
-        return torch.sigmoid((((features.float() - self.mean) / self.scale) * self.weight).sum(-1) + self.bias)
-
-    @torch.no_grad()
-    def fit(self, features: torch.Tensor, labels: torch.Tensor) -> None:
-        """Fit on ``features`` (N, n) with labels (N,) in {0, 1}, both present."""
-        if len(set(labels.tolist())) < 2:
-            raise ValueError("the gender cues need tokens that give a gender and tokens that do not, among the "
-                             "capitalised and gendered words too; the fit rows gave only one kind")
-        x = features.double().cpu().numpy()
-        mean, scale = x.mean(0), x.std(0) + 1e-6
-        model = LogisticRegression(C=INVERSE_L2, class_weight="balanced", max_iter=3000)
-        model.fit((x - mean) / scale, labels.cpu().numpy())
-        for buffer, value in ((self.mean, mean), (self.scale, scale), (self.weight, model.coef_[0]),
-                              (self.bias, model.intercept_[0])):
-            buffer.copy_(torch.as_tensor(value, dtype=buffer.dtype))
-
-
 class GenderCues(nn.Module):
-    """P(a token gave a gender), from two linear probes of the cue layer's input: ``own``, of the token's state
-    (d), and ``paired``, of [its state, the next token's] (2d), read at the next token. The word after a
-    capitalised word tells a name ("Ann has", "Ray took") from a sentence opener ("Halfway through"), which the
-    token's own state often cannot. So a token's cue is what ``paired`` says from the next position on, and at
-    once what ``own`` says where that alone closes the readout (above :data:`OPEN_RAMP`'s high end: "she", a
-    name the probe knows); ``own``'s lesser values count for nothing. Before :meth:`fit` every position
-    counts as given (the readout does nothing: a fresh model is its base)."""
+    """P(a token gives a gender) of its state (d,): ``sigmoid(w . (x - mean) / scale + b)``; all buffers, saved
+    with the adapter. Before :meth:`fit` every token is a cue (the readout does nothing: a fresh model is its
+    base)."""
 
     def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.own, self.paired = LinearProbe(hidden_size), LinearProbe(2 * hidden_size)
+        self.register_buffer("mean", torch.zeros(hidden_size))
+        self.register_buffer("scale", torch.ones(hidden_size))
+        self.register_buffer("weight", torch.zeros(hidden_size))
+        self.register_buffer("bias", torch.full((), 30.0))
 
     @property
     def fitted(self) -> bool:
-        return bool(self.own.weight.any() and self.paired.weight.any())
-
-    @staticmethod
-    def features(states: torch.Tensor, before: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, n, 2d): at each position, [the state before it, its state] of ``states`` (B, n, d); ``before``
-        (B, 1, d): the state before the first (cached generation), None: zeros."""
-        before = torch.zeros_like(states[:, :1]) if before is None else before.to(states.dtype)
-        return torch.cat([torch.cat([before, states[:, :-1]], 1), states], -1)
+        return bool(self.weight.any())
 
     @torch.no_grad()
-    def given(self, states: torch.Tensor, mask: torch.Tensor, may_cue: torch.Tensor,
-              state: dict | None = None) -> torch.Tensor:
-        """(B, n): how far the text up to each position has given a gender: the running largest cue (see the
-        class doc) of the valid (``mask``) tokens that may be cues (``may_cue``, :class:`CueTokens`); 1
-        everywhere before the first fit. ``state`` carries it across the steps of cached generation."""
-        n = states.shape[1]
-        if not self.fitted:
-            return torch.ones(states.shape[:2], device=states.device)
-        earlier = {} if state is None else state
-        counts = (may_cue & mask[:, -n:].bool()).to(torch.float32)
-        own = self.own.probabilities(states) * counts
-        before = earlier.get("cue_counts", torch.zeros_like(counts[:, :1]))
-        paired = self.paired.probabilities(self.features(states, earlier.get("cue_state"))) * torch.cat(
-            [before, counts[:, :-1]], 1)
-        cue = torch.maximum(paired, torch.where(own >= OPEN_RAMP[1], own, 0.0))
-        if "given" in earlier:
-            cue = torch.cat([earlier["given"], cue], 1)
-        given = cue.cummax(1).values[:, -n:]
+    def probabilities(self, states: torch.Tensor) -> torch.Tensor:
+        """(...,) P(cue) of states (..., d)."""
+        # A product and a sum, not `@`: a matrix-vector product's kernel (and so its last bits) depends on how
+        # many tokens there are, and cached generation, a token at a time, must give what the whole text does.
+        return torch.sigmoid((((states.float() - self.mean) / self.scale) * self.weight).sum(-1) + self.bias)
+
+    @torch.no_grad()
+    def given(self, states: torch.Tensor, mask: torch.Tensor, state: dict | None = None,
+              may_cue: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, n): how far the text up to each position has given a gender: the running largest P(cue) over
+        the valid (``mask``) tokens so far that may be cues (``may_cue``, :class:`CueTokens`; None: all);
+        ``state`` carries it across the steps of cached generation."""
+        cue = self.probabilities(states) * mask[:, -states.shape[1]:].to(torch.float32)
+        if may_cue is not None:
+            cue = cue * may_cue.to(torch.float32)
+        earlier = None if state is None else state.get("given")
+        if earlier is not None:
+            cue = torch.cat([earlier, cue], 1)
+        given = cue.cummax(1).values[:, -states.shape[1]:]
         if state is not None:
-            state.update(given=given[:, -1:], cue_state=states[:, -1:], cue_counts=counts[:, -1:])
+            state["given"] = given[:, -1:]
         return given
 
     def open_share(self, given: torch.Tensor) -> torch.Tensor:
@@ -183,6 +137,20 @@ class GenderCues(nn.Module):
         end, 0 from its high end, linear between."""
         low, high = OPEN_RAMP
         return ((high - given) / (high - low)).clamp(0.0, 1.0)
+
+    @torch.no_grad()
+    def fit(self, states: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fit on ``states`` (N, d) with labels (N,) in {0, 1}, both present."""
+        if len(set(labels.tolist())) < 2:
+            raise ValueError("the gender cues need tokens that give a gender and tokens that do not; the fit rows "
+                             "gave only one kind")
+        x = states.double().cpu().numpy()
+        mean, scale = x.mean(0), x.std(0) + 1e-6
+        model = LogisticRegression(C=INVERSE_L2, class_weight="balanced", max_iter=3000)
+        model.fit((x - mean) / scale, labels.cpu().numpy())
+        for buffer, value in ((self.mean, mean), (self.scale, scale), (self.weight, model.coef_[0]),
+                              (self.bias, model.intercept_[0])):
+            buffer.copy_(torch.as_tensor(value, dtype=buffer.dtype))
 
 
 def _labels(text: str, offsets: Sequence[tuple[int, int]], swaps: dict[str, str], names: dict[str, str],
