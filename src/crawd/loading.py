@@ -29,11 +29,11 @@ def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: s
     if build is None:
         raise ValueError(f"adapter {directory} records method {meta['method']!r}, which trains nothing")
     model = build(base, tokenizer, config)
-    expected = set(model.trainable_state_dict())
+    shapes = {k: v.shape for k, v in model.trainable_state_dict().items()}
+    expected = set(shapes)
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise ValueError(f"adapter {directory} does not match this model: missing {missing[:3]}, unexpected {extra[:3]}")
-    shapes = {k: v.shape for k, v in model.trainable_state_dict().items()}
     wrong = [f"{k} {tuple(t.shape)} (this model: {tuple(shapes[k])})" for k, t in tensors.items()
              if t.shape != shapes[k]]
     if wrong:
