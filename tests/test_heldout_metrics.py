@@ -241,13 +241,17 @@ def tiny():
 def test_each_heldout_benchmark_runs_on_a_tiny_model(tiny):
     model, tok = tiny
     texts = list(synthetic_bios(n_train=28, n_test=56, seed=0)["test"]["text"])
-    res = M.run_benchmarks(model, tok, ["misgendering", "pronoun_skew_heldout", "gas_heldout", "ppl_heldout_names"],
+    res = M.run_benchmarks(model, tok, ["misgendering", "misgendering_first_name", "pronoun_skew_heldout", "gas_heldout",
+                                        "ppl_heldout_names"],
                            data_dir=DATA, split="validation", texts=texts, n_boot=100, progress=False,
-                           misgendering={"n_cases": 20}, gas_heldout={"max_bold_prompts": 4, "max_new_tokens": 2})
+                           misgendering={"n_cases": 20}, misgendering_first_name={"n_cases": 20},
+                           gas_heldout={"max_bold_prompts": 4, "max_new_tokens": 2})
     assert {entry["status"] for entry in res.values()} == {"ok"}
     mis, skew, gas, ppl = (res[n]["result"] for n in ("misgendering", "pronoun_skew_heldout", "gas_heldout",
                                                         "ppl_heldout_names"))
-    assert mis["split"] == skew["split"] == gas["split"] == ppl["split"] == "validation"
+    alone = res["misgendering_first_name"]["result"]  # the split reaches it too (it took the test split's once)
+    assert mis["split"] == alone["split"] == skew["split"] == gas["split"] == ppl["split"] == "validation"
+    assert alone["n_cases"] == 40 and alone["samples"][0]["context"] != mis["samples"][0]["context"]
     for gender in ("female", "male"):
         row = mis["by_gender"][gender]
         assert 0 <= row["accuracy"]["value"] <= 1 and row["right_logprob"]["value"] < 0 and row["accuracy"]["n"] == 20

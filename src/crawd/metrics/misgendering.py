@@ -135,6 +135,11 @@ def misgendering(model, tokenizer, data_dir: str | Path | None, split: str = "te
 
 
 @register_benchmark("misgendering_first_name", kinds=("decoder",), requires_data=("bold", "occupations"))
-def misgendering_first_name(model, tokenizer, data_dir: str | Path | None, **options) -> dict:
-    """:func:`misgendering` on the same contexts with the first name alone (no surname after it)."""
-    return misgendering(model, tokenizer, data_dir, full_name=False, **options)
+def misgendering_first_name(model, tokenizer, data_dir: str | Path | None, split: str = "test", n_cases: int = 200,
+                            names: Mapping[str, Sequence[str]] | None = None,
+                            occupations: Sequence[str] | None = None, batch_size: int | None = None,
+                            n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
+    """:func:`misgendering` on the same contexts with the first name alone (no surname after it). Its options are
+    named, not ``**options``: the benchmark runner passes a benchmark only the options its signature names."""
+    return misgendering(model, tokenizer, data_dir, split, n_cases, names, occupations, batch_size, n_boot, seed,
+                        progress, full_name=False)
