@@ -288,6 +288,15 @@ def test_pronoun_skew(tok, tmp_path):
     assert any("dropped" in n for n in out["notes"])  # capitalised forms are all [UNK] here
 
 
+def test_the_bls_correlation_of_a_tied_skew_is_nan_not_the_roundings():
+    from crawd.metrics.pronoun_skew import ROUNDING_SPREAD, _pearson
+    share = np.array([0.9, 0.4, 0.7, 0.2])
+    rounding = 0.5 + np.array([3e-8, -2e-8, 4e-8, -1e-8])  # perfectly ordered, but only float32 rounding apart
+    assert np.std(rounding) < ROUNDING_SPREAD and np.isnan(_pearson(rounding, share))
+    spread = 0.5 + 0.1 * np.array([3.0, -2.0, 4.0, -1.0])
+    assert _pearson(spread, share) == pytest.approx(np.corrcoef(spread, share)[0, 1])
+
+
 # ---------------------------------------------------------------- classification
 
 def test_group_metrics_tpr_and_fpr_gaps():
