@@ -73,4 +73,4 @@ def test_the_neutral_mitigation_starts_at_zero_on_the_real_smollm2_and_pairs_its
     he, she, his, her = (tok.convert_tokens_to_ids(t) for t in ("Ġhe", "Ġshe", "Ġhis", "Ġher"))
     pair = dict(zip(readout.tokens.tolist(), readout.pair_of_token.tolist()))
     assert pair[he] == pair[she] and pair[his] == pair[her] and pair[he] != pair[his]
-    assert mitigation.cue_layer == 20  # of 30: the cues read the states entering layer 20
+    assert mitigation.cue_layer == 10  # of 30: the cues read the states entering layer 10

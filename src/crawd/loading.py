@@ -33,8 +33,7 @@ def load(base: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: s
     expected = set(shapes)
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        raise ValueError(f"adapter {directory} does not match this model (saved by another version of crawd? train it "
-                         f"again): missing {missing[:3]}, unexpected {extra[:3]}")
+        raise ValueError(f"adapter {directory} does not match this model: missing {missing[:3]}, unexpected {extra[:3]}")
     wrong = [f"{k} {tuple(t.shape)} (this model: {tuple(shapes[k])})" for k, t in tensors.items()
              if t.shape != shapes[k]]
     if wrong:

@@ -25,7 +25,7 @@ from crawd.mitigation.lexicon import gender_lexicon, word_genders
 from crawd.mitigation.objective import GenderedPairs, equalize_all, neutralizing
 from crawd.mitigation.probes import PROBE_KEYS, ProbeCollator, padded
 from crawd.mitigation.readout import GenderedReadout
-from crawd.mitigation.cues import FIT_BATCH, FIT_ROWS, SURELY_OPEN, CueCallback, CueTokens, GenderCues, fit_examples
+from crawd.mitigation.cues import FIT_BATCH, FIT_ROWS, CueCallback, CueTokens, GenderCues, fit_examples
 
 __all__ = ["PROBE_KEYS", "CueInput", "Mitigation", "MitigatedLMOutput"]
 
@@ -53,9 +53,8 @@ class _Stop(Exception):
 
 
 def default_cue_layer(num_layers: int) -> int:
-    """The body layer whose input the gender cues read: the one at two thirds of the depth (layer 20 of SmolLM2's
-    30; docs/results.md, the ninth round after issue 29)."""
-    return min(max(1, round(2 * num_layers / 3)), num_layers - 1)
+    """The body layer whose input the gender cues read: the one at a third of the depth."""
+    return min(max(1, round(num_layers / 3)), num_layers - 1)
 
 
 class Mitigation(nn.Module):
@@ -85,7 +84,7 @@ class Mitigation(nn.Module):
             if not 1 <= self.cue_layer < len(layers):
                 raise ValueError(f"gender_cue_layer={self.cue_layer} is not a layer of this body, which has "
                                  f"{len(layers)} (choose 1 to {len(layers) - 1})")
-            self.cues = GenderCues(hidden_size, self.cue_layer)
+            self.cues = GenderCues(hidden_size)
             self.cue_tokens = CueTokens(tokenizer, self.genders)
             self._captured: CueInput | None = None
             self._stop = False
@@ -122,12 +121,9 @@ class Mitigation(nn.Module):
         may_cue = self.cue_tokens.may_cue(cue_input.ids[:, -n:], state) if self.cues.fitted else None
         return self.cues.given(cue_input.states[:, :n], mask, state, may_cue)
 
-    def open_share(self, cue_input: CueInput, mask: torch.Tensor,
-                   state: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, n) twice: the readout's share at each position (:meth:`given`, through the ramp) and where it ties
-        the pairs (:data:`crawd.mitigation.cues.SURELY_OPEN`)."""
-        given = self.given(cue_input, mask, state)
-        return self.cues.open_share(given), given < SURELY_OPEN
+    def open_share(self, cue_input: CueInput, mask: torch.Tensor, state: dict | None = None) -> torch.Tensor:
+        """(B, n): the readout's share at each position (:meth:`given`, through the ramp)."""
+        return self.cues.open_share(self.given(cue_input, mask, state))
 
     def correct(self, hidden: torch.Tensor, logits: torch.Tensor, cue_input: CueInput | None, mask: torch.Tensor,
                 state: dict | None = None) -> torch.Tensor:
@@ -139,7 +135,7 @@ class Mitigation(nn.Module):
             raise RuntimeError("the gendered-word readout needs the token ids and the cue layer's input of these "
                                "positions (encode inside Mitigation.capturing(ids))")
         n = hidden.shape[1]
-        return self.readout(hidden, logits, *self.open_share(cue_input, mask[:, :n], state))
+        return self.readout(hidden, logits, self.open_share(cue_input, mask[:, :n], state))
 
     # ---- training ---------------------------------------------------------------------------
     @property
@@ -168,8 +164,8 @@ class Mitigation(nn.Module):
                 probe_out, probe_cues = model.encode_tracked(probe_input_ids, probe_attention_mask)
                 hidden = probe_out.last_hidden_state
                 before = model.head_logits(hidden, probe_attention_mask)
-                share, tied = self.open_share(probe_cues, probe_attention_mask)
-            shifted = self.readout(hidden, before, share, tied)
+                share = self.open_share(probe_cues, probe_attention_mask)
+            shifted = self.readout(hidden, before, share)
             terms = self.neutralize * neutralizing(self.pairs, shifted, probe_attention_mask, share,
                                                    self.probe_share * len(input_ids))
             loss = loss + terms

@@ -4,13 +4,11 @@ The readout (:mod:`crawd.mitigation.readout`) should act where a text leaves the
 ("The nurse said that") and not once it has given it ("Priyanka Patel is a nurse. Every morning,"),
 whatever name gave it. A list of names cannot tell that; the model can: a token's hidden state in the
 body's lower layers says what the token is, and for a first name, which gender it carries.
-:class:`GenderCues` is a linear probe of the state entering one body layer (default at two thirds of
-the depth: layer 20 of SmolLM2's 30, chosen on validation: there a capitalised sentence opener looks least like
-a name) that gives each token P(it gives a gender: it ends a
+:class:`GenderCues` is a linear probe of the state entering one body layer (default at a third of the
+depth: layer 10 of SmolLM2's 30, chosen on validation) that gives each token P(it gives a gender: it ends a
 first name, a full name or a gendered word). A text has given a gender at position i in the measure of the largest such
 probability up to i (:meth:`GenderCues.given`, carried across cached generation), and the readout acts
-with the share ``open_share`` = a ramp of one minus it (:data:`OPEN_RAMP`); where it is under
-:data:`SURELY_OPEN`, the readout ties the gendered pairs.
+with the share ``open_share`` = a ramp of one minus it (:data:`OPEN_RAMP`).
 
 Only a token that can give a gender counts (:class:`CueTokens`): one inside a capitalised word (a name is
 written so, whichever name it is) or a word of the lexicon ("she", "aunt"). A lowercase word that is neither
@@ -48,10 +46,6 @@ from crawd.mitigation.probes import encode, probe_text
 #: Training rows the probe is fitted on, its L2 strength, and the ramp from "given" to the readout's share
 #: (1 below the first value, 0 above the second): chosen on validation.
 FIT_ROWS, INVERSE_L2, OPEN_RAMP = 64, 0.02, (0.1, 0.4)
-#: Below this the cues are sure the text has given no gender, and the readout ties the pairs: on validation,
-#: about twice the largest cue of any held-out open prompt, and under the cue of all but 2-3% of the
-#: first names given alone (docs/results.md).
-SURELY_OPEN = 0.15
 #: Examples per forward pass of a fit.
 FIT_BATCH = 16
 _CAPITALISED = re.compile(r"[A-Z][A-Za-z]*")
@@ -99,24 +93,16 @@ class CueTokens(nn.Module):
 
 
 class GenderCues(nn.Module):
-    """P(a token gives a gender) of its state (d,) entering body layer ``layer``: ``sigmoid(w . (x - mean) / scale
-    + b)``; all buffers, saved with the adapter, the layer too (weights fitted on another layer's states fail to
-    load). Before :meth:`fit` every token is a cue (the readout does nothing: a fresh model is its base)."""
+    """P(a token gives a gender) of its state (d,): ``sigmoid(w . (x - mean) / scale + b)``; all buffers, saved
+    with the adapter. Before :meth:`fit` every token is a cue (the readout does nothing: a fresh model is its
+    base)."""
 
-    def __init__(self, hidden_size: int, layer: int) -> None:
+    def __init__(self, hidden_size: int) -> None:
         super().__init__()
-        self.register_buffer("layer", torch.tensor(layer))
         self.register_buffer("mean", torch.zeros(hidden_size))
         self.register_buffer("scale", torch.ones(hidden_size))
         self.register_buffer("weight", torch.zeros(hidden_size))
         self.register_buffer("bias", torch.full((), 30.0))
-
-    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        saved = state_dict.get(prefix + "layer")
-        if saved is not None and int(saved) != int(self.layer):
-            raise ValueError(f"the adapter's gender cues were fitted on the input of body layer {int(saved)}, and this "
-                             f"model's cues read layer {int(self.layer)}: load it with gender_cue_layer={int(saved)}")
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def fitted(self) -> bool:

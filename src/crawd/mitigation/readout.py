@@ -5,11 +5,9 @@ yet and 0 once it has, as the gender cues say (:mod:`crawd.mitigation.cues`):
 
 * ``even`` (fixed): each side of a pair (he; she, or his, him, Himself; her, hers) has its logits moved so that
   the two sides are (nearly) equally likely and their sum is what it was: where the text leaves the gender
-  open, no gender is preferred. Moved all the way (a tie) where the cues are sure that no gender was given
-  (``tied``: :data:`crawd.mitigation.cues.SURELY_OPEN`), so that no stereotype's ordering survives in which
-  side an open prompt keeps; elsewhere a share s x :data:`EVEN_CAP` of the way in log-probability: never past
-  the even split and never onto it, so that after a name the cues half miss the right pronoun stays the
-  more likely one, if it was. The readout never reverses which side the model prefers;
+  open, no gender is preferred. Moved a share s x :data:`EVEN_CAP` of the way in log-probability: never
+  past the even split and never onto it, so the readout never ties or reverses which side the model prefers
+  (after a name the cues miss, the right pronoun stays the more likely one, if it was);
 * ``shift`` (P, d, trained): logits[..., t] += s * (h . shift_pair(t)), a linear function of the last
   hidden state h, the same for both sides of a pair, so it changes how likely a gendered word is and
   never which gender (trained by the neutralizing term, zero-started).
@@ -32,9 +30,8 @@ from torch import nn
 
 #: Factor on the shift's gradient (see the module doc).
 GRADIENT_SCALE = 0.01
-#: The most of the way to the even split that evening moves a pair where the cues are not sure the gender is
-#: open: below 1, so that it ties no pair there (a tie after a name the cues half miss counts as
-#: misgendering: docs/results.md).
+#: The most of the way to the even split that evening moves a pair: below 1, so that it never ties a pair
+#: (a tie after a name the cues miss counts as misgendering: docs/results.md).
 EVEN_CAP = 0.99
 
 
@@ -67,15 +64,12 @@ class GenderedReadout(nn.Module):
         self.even = even
         self.shift = nn.Parameter(torch.zeros(len(pair_tokens), hidden_size)) if shift else None
 
-    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, open_share: torch.Tensor,
-                tied: torch.Tensor | None = None) -> torch.Tensor:
-        """``logits`` (..., V) corrected where ``open_share`` (...,) says the gender is open, each pair evened all
-        the way where ``tied`` (..., bool; None: nowhere) (given ``hidden`` and ``logits`` without gradient, only
-        the shift's weight gets one: the neutralizing term trains it alone)."""
-        return logits.index_add(-1, self.tokens, self.correction(hidden, logits, open_share, tied).to(logits.dtype))
+    def forward(self, hidden: torch.Tensor, logits: torch.Tensor, open_share: torch.Tensor) -> torch.Tensor:
+        """``logits`` (..., V) corrected where ``open_share`` (...,) says the gender is open (given ``hidden`` and
+        ``logits`` without gradient, only the shift's weight gets one: the neutralizing term trains it alone)."""
+        return logits.index_add(-1, self.tokens, self.correction(hidden, logits, open_share).to(logits.dtype))
 
-    def correction(self, hidden: torch.Tensor, logits: torch.Tensor, open_share: torch.Tensor,
-                   tied: torch.Tensor | None = None) -> torch.Tensor:
+    def correction(self, hidden: torch.Tensor, logits: torch.Tensor, open_share: torch.Tensor) -> torch.Tensor:
         """(..., T): what the readout adds to the logits of :attr:`tokens` (evening, then the shift)."""
         share = open_share.to(torch.float32)[..., None]
         correction = torch.zeros((), dtype=torch.float32, device=logits.device)
@@ -83,9 +77,8 @@ class GenderedReadout(nn.Module):
             sides = logits[..., self.pair_tokens].float().masked_fill(~self.pair_valid, float("-inf")).logsumexp(-1)
             toward = (sides.logsumexp(-1, keepdim=True) - math.log(2.0) - sides)[..., self.pair_of_token,
                                                                                 self.side_of_token]
-            way = EVEN_CAP * share if tied is None else torch.where(tied[..., None], 1.0, EVEN_CAP * share)
-            correction = correction + way * toward
+            correction = correction + EVEN_CAP * toward
         if self.shift is not None:
             weight = scaled_gradient(self.shift, GRADIENT_SCALE).to(hidden.dtype)
-            correction = correction + share * (hidden @ weight.T)[..., self.pair_of_token].float()
-        return correction
+            correction = correction + (hidden @ weight.T)[..., self.pair_of_token].float()
+        return share * correction
