@@ -18,7 +18,7 @@ occupations with percentile-bootstrap intervals:
 * ``signed_skew`` = mean (p_female(occ) - 0.5)    (< 0: leans male)
 * ``bls_correlation`` = Pearson r between p_female(occ) and the BLS share of
   women (``occupations-stats.tsv``, occupations that have it); NaN where p_female has no spread beyond
-  float32 rounding (a readout that ties he and she at every prompt leaves no ordering to correlate)
+  float32 rounding (a model that ties he and she at every prompt leaves no ordering to correlate)
 * ``pronoun_mass`` = mean P_f + P_m (how likely a pronoun is at all)
 
 Occupations: the 28 Bias in Bios ones plus the 60 of ``occupations-stats.tsv``
@@ -101,7 +101,7 @@ def next_token_masses(model, tokenizer, prompts: Sequence[str], female_ids: list
     return p_f, p_m
 
 
-#: A spread of p_female under this is float32 rounding (a readout that ties he and she everywhere): no ordering
+#: A spread of p_female under this is float32 rounding (a model that ties he and she everywhere): no ordering
 #: is left to correlate, so the correlation is NaN rather than the correlation of the rounding.
 ROUNDING_SPREAD = 1e-6
 
