@@ -343,6 +343,12 @@ def test_run_benchmarks_skips_with_reasons(tok):
         M.run_benchmarks(BigramLM(), tok, ["nope"])
 
 
+def test_a_benchmark_must_name_its_options():
+    with pytest.raises(TypeError, match=r"benchmark 'catch_all' takes \*\*options: name each option it reads"):
+        M.register_benchmark("catch_all")(lambda model, tokenizer, data_dir, **options: {})
+    assert "catch_all" not in M.BENCHMARKS
+
+
 # ---------------------------------------------------------------- real data smoke test
 
 DATA = shared_data_dir()

@@ -139,7 +139,6 @@ def misgendering_first_name(model, tokenizer, data_dir: str | Path | None, split
                             names: Mapping[str, Sequence[str]] | None = None,
                             occupations: Sequence[str] | None = None, batch_size: int | None = None,
                             n_boot: int = 1000, seed: int = 0, progress: bool = True) -> dict:
-    """:func:`misgendering` on the same contexts with the first name alone (no surname after it). Its options are
-    named, not ``**options``: the benchmark runner passes a benchmark only the options its signature names."""
+    """:func:`misgendering` on the same contexts with the first name alone (no surname after it)."""
     return misgendering(model, tokenizer, data_dir, split, n_cases, names, occupations, batch_size, n_boot, seed,
                         progress, full_name=False)

@@ -1,12 +1,14 @@
 """A benchmark registry in the spirit of lm-evaluation-harness.
 
-A benchmark is a function ``(model, tokenizer, data_dir, **options) -> dict``
+A benchmark is a function ``(model, tokenizer, data_dir, <named options>) -> dict``
 returning JSON-serialisable results (scalars as ``{"value", "ci_low",
 "ci_high", "n"}`` plus tables). It declares the model kinds it applies to
 (``"decoder"``: causal LM, ``"encoder"``: masked LM, ``"classifier"``:
 sequence classifier), the data folders it needs under ``data_dir`` and the
-options it cannot run without. Adding one is a decorated function anywhere in
-:mod:`crawd.metrics`; no core code changes.
+options it cannot run without. The runner passes a benchmark only the options its
+signature names, so a benchmark names each one (``**options`` is refused: it would
+silently get none, as ``misgendering_first_name`` once got no ``split``). Adding one
+is a decorated function anywhere in :mod:`crawd.metrics`; no core code changes.
 """
 
 from __future__ import annotations
@@ -47,6 +49,10 @@ def register_benchmark(name: str, kinds: Sequence[str] = ("decoder", "encoder"),
     def decorator(fn: Callable[..., dict]) -> Callable[..., dict]:
         if name in BENCHMARKS:
             raise ValueError(f"benchmark {name!r} is already registered")
+        catch_all = [p.name for p in inspect.signature(fn).parameters.values() if p.kind is p.VAR_KEYWORD]
+        if catch_all:
+            raise TypeError(f"benchmark {name!r} takes **{catch_all[0]}: name each option it reads (the runner "
+                            "passes a benchmark only the options its signature names)")
         BENCHMARKS[name] = Benchmark(name, fn, tuple(kinds), tuple(requires_data),
                                      tuple(requires_options))
         return fn
